@@ -1,0 +1,3 @@
+"""cupixfs: mount the Cupix cloud as a read-only FUSE filesystem."""
+
+__version__ = "0.1.0"

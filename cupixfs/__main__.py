@@ -1,0 +1,5 @@
+import sys
+
+from cupixfs.cli import main
+
+sys.exit(main())

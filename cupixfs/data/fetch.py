@@ -1,0 +1,203 @@
+"""Ranged GETs on signed storage URLs, checked and retried.
+
+Every response is verified before a byte of it is used: the status, the
+``Content-Range`` against the range we asked for, the body length, and the
+ETag the file was first seen with. A body cut short is resumed from the byte it
+reached; an expired URL is resolved again; 5xx/429/resets are retried with
+backoff until the policy's deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from cupixfs.api.client import retry_after
+from cupixfs.data.signed_url import SignedUrls
+from cupixfs.data.sources import RemoteFile
+from cupixfs.errors import NotFound, ProtocolError, RemoteChanged
+from cupixfs.retry import Retryable, RetryPolicy, retrying
+
+log = logging.getLogger(__name__)
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    """What one probe of a remote file learnt: its size, version, and first bytes."""
+
+    size: int
+    etag: str | None
+    head: bytes
+
+
+def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
+    """``bytes a-b/total`` -> (a, b, total); ``bytes */total`` -> (None, None, total)."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not match:
+        return None, None, None
+    first, last, total = match.groups()
+    return (
+        int(first) if first is not None else None,
+        int(last) if last is not None else None,
+        int(total) if total not in (None, "*") else None,
+    )
+
+
+@dataclass
+class FetchStats:
+    """Counters for `cupixfs status` and the tests."""
+
+    requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+
+
+class RangeFetcher:
+    """Reads byte ranges of remote files through their signed URLs."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        urls: SignedUrls,
+        policy: RetryPolicy,
+        max_requests: int = 16,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._urls = urls
+        self._policy = policy
+        self._limit = trio.CapacityLimiter(max_requests)
+        self.stats = FetchStats()
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+
+    async def _open(
+        self, remote: RemoteFile, first: int, last: int | None
+    ) -> tuple[str, httpx.Response]:
+        url = await self._urls.get(remote)
+        rng = f"bytes={first}-{'' if last is None else last}"
+        request = self._http.build_request(
+            "GET", url, headers={"Range": rng, "Accept-Encoding": "identity"}
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise Retryable(type(exc).__name__) from None
+        self.stats.requests += 1
+        status = response.status_code
+        if status in (200, 206, 416):
+            return url, response
+        await response.aclose()
+        if status == 403:
+            # Expired (or otherwise refused) signature: resolve a fresh URL and go again.
+            self._urls.invalidate(remote, url)
+            raise Retryable("storage refused the signed URL (403), resolving it again", 0.0)
+        if status == 404:
+            raise NotFound(f"{remote.key}: storage has no such object (404)")
+        if status == 429 or status >= 500:
+            raise Retryable(f"storage HTTP {status}", retry_after(response))
+        raise ProtocolError(f"{remote.key}: storage answered HTTP {status}")
+
+    async def probe(self, remote: RemoteFile, head_size: int) -> RemoteStat:
+        """Learn size and ETag with one ranged GET, keeping the first *head_size* bytes.
+
+        A pre-signed GET URL refuses HEAD (the signature covers the method), so
+        the size comes from the ``Content-Range`` of a small ranged GET.
+        """
+
+        async def attempt() -> RemoteStat:
+            async with self._limit:
+                _url, response = await self._open(remote, 0, head_size - 1)
+                async with response:
+                    etag = response.headers.get("etag")
+                    if response.status_code == 416:
+                        _, _, total = parse_content_range(response.headers.get("content-range"))
+                        if total is None:
+                            raise ProtocolError(f"{remote.key}: 416 without a size")
+                        return RemoteStat(total, etag, b"")
+                    if response.status_code == 206:
+                        first, last, total = parse_content_range(
+                            response.headers.get("content-range")
+                        )
+                        if first != 0 or total is None or last is None:
+                            raise ProtocolError(f"{remote.key}: bad Content-Range on probe")
+                        expected = last + 1
+                    else:  # 200: the whole object; keep only the head of it
+                        total = int(response.headers.get("content-length", "-1"))
+                        if total < 0:
+                            raise ProtocolError(f"{remote.key}: no length on probe")
+                        expected = min(total, head_size)
+                    head = await self._read_body(response, expected, stop_early=True)
+                    if len(head) < expected:
+                        raise Retryable("probe body cut short")
+                    self.stats.bytes += len(head)
+                    return RemoteStat(total, etag, bytes(head))
+
+        return await retrying(attempt, self._policy, f"probe {remote.key}", self._count_retry)
+
+    async def fetch(self, remote: RemoteFile, start: int, end: int, etag: str | None) -> bytes:
+        """Bytes ``[start, end)`` of *remote*, which must still carry *etag*."""
+        buf = bytearray()
+        length = end - start
+
+        async def attempt() -> None:
+            position = start + len(buf)
+            async with self._limit:
+                _url, response = await self._open(remote, position, end - 1)
+                async with response:
+                    self._check(remote, response, position, end, etag)
+                    before = len(buf)
+                    try:
+                        await self._read_into(response, buf, length)
+                    finally:
+                        self.stats.bytes += len(buf) - before
+            if len(buf) < length:
+                raise Retryable(f"body cut short at {start + len(buf)} of [{start}, {end})", 0.0)
+
+        await retrying(attempt, self._policy, f"read {remote.key}", self._count_retry)
+        return bytes(buf)
+
+    def _check(
+        self, remote: RemoteFile, response: httpx.Response, first: int, end: int, etag: str | None
+    ) -> None:
+        got_etag = response.headers.get("etag")
+        if etag is not None and got_etag is not None and got_etag != etag:
+            raise RemoteChanged(f"{remote.key}: ETag changed")
+        if response.status_code == 416:
+            raise RemoteChanged(f"{remote.key}: range [{first}, {end}) no longer exists")
+        if response.status_code == 200:
+            raise ProtocolError(f"{remote.key}: storage ignored the Range header")
+        a, b, _total = parse_content_range(response.headers.get("content-range"))
+        if a != first or b != end - 1:
+            raise ProtocolError(
+                f"{remote.key}: Content-Range {a}-{b} does not match [{first}, {end - 1}]"
+            )
+
+    async def _read_into(self, response: httpx.Response, buf: bytearray, limit: int) -> None:
+        """Append the body to *buf*; a connection cut mid-body keeps what arrived."""
+        try:
+            async for chunk in response.aiter_raw():
+                if len(buf) + len(chunk) > limit:
+                    raise ProtocolError("storage sent more bytes than asked for")
+                buf += chunk
+        except httpx.TransportError as exc:  # reset or cut: resume from len(buf)
+            log.debug("body interrupted after %d bytes: %s", len(buf), type(exc).__name__)
+
+    async def _read_body(self, response: httpx.Response, limit: int, stop_early: bool) -> bytes:
+        buf = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                buf += chunk
+                if len(buf) >= limit:
+                    break
+        except httpx.TransportError:
+            pass
+        return bytes(buf[:limit])

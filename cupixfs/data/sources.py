@@ -1,0 +1,33 @@
+"""What a file's bytes come from: a remote blob, or a small generated document.
+
+The namespace builds these; the data layer knows how to size and read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A blob in Cupix storage, reached through an API download endpoint.
+
+    *key* names the remote object stably across mounts (``videos/5001``,
+    ``pointclouds/5310/mesh``): cache entries are filed under it (plus the ETag).
+    *download_path* is the API path that answers 302 to a signed URL.
+    """
+
+    key: str
+    download_path: str
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """A small document built from API calls (e.g. ``meta.json``), held in memory whole."""
+
+    key: str
+    load: Callable[[], Awaitable[bytes]] = field(compare=False, hash=False)
+
+
+FileSource = RemoteFile | StaticFile

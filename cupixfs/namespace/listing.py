@@ -1,0 +1,273 @@
+"""What each directory of the tree contains, in terms of API calls.
+
+    /captures/<capture_id>/videos/<video name>
+    /captures/<capture_id>/pointclouds/<sub_id>/...
+    /clusters/<cluster_id>/<sub_id>/{<name>.cpc, mesh.zip, pointcloud.ply, meta.json}
+    /records/<record_id>/<sub_id>/...
+
+This module only builds nodes; caching, inode numbers and TTLs live in
+`cupixfs.namespace.tree`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+from cupixfs.api.client import CupixClient
+from cupixfs.api.models import Pointcloud
+from cupixfs.data.sources import RemoteFile, StaticFile
+from cupixfs.errors import NotFound
+from cupixfs.namespace.names import assign_names
+from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
+
+META_JSON = "meta.json"
+MESH_ZIP = "mesh.zip"
+POINTCLOUD_PLY = "pointcloud.ply"
+RESERVED_IN_SUB = (META_JSON, MESH_ZIP, POINTCLOUD_PLY)
+
+
+def parse_id(name: str) -> int | None:
+    """A canonical positive decimal id (``"5310"``), or None (``"05310"``, ``"x"``)."""
+    if not name.isascii() or not name.isdigit() or name.startswith("0") or len(name) > 18:
+        return None
+    return int(name)
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat().replace("+00:00", "Z") if value else ""
+
+
+def _matrix_text(matrix: tuple[float, ...] | None) -> str:
+    return json.dumps(list(matrix)) if matrix else ""
+
+
+class Tree:
+    """Builds the directory nodes of a mount from one `CupixClient`."""
+
+    def __init__(self, client: CupixClient, started: datetime) -> None:
+        self._client = client
+        self._started = started
+        #: Ids shown in /captures and /records: pinned on the command line, or looked up.
+        self.known_captures: set[int] = set()
+        self.known_records: set[int] = set()
+
+    # -- top level ----------------------------------------------------------------
+
+    def root(self) -> DirNode:
+        async def children() -> Children:
+            return [
+                ("captures", self._dir(self._list_captures, self._lookup_capture)),
+                ("clusters", self._dir(self._list_clusters)),
+                ("records", self._dir(self._list_records, self._lookup_record)),
+            ]
+
+        return DirNode(
+            mtime=self._started, ctime=self._started, list_children=children, dynamic=False
+        )
+
+    def _dir(self, list_children, lookup_extra=None, **attrs) -> DirNode:  # type: ignore[no-untyped-def]
+        times = {"mtime": self._started, "ctime": self._started}
+        times.update(attrs)
+        return DirNode(list_children=list_children, lookup_extra=lookup_extra, **times)
+
+    # -- /captures ----------------------------------------------------------------
+
+    async def _list_captures(self) -> Children:
+        return [(str(cid), self._capture_dir(cid)) for cid in sorted(self.known_captures)]
+
+    async def _lookup_capture(self, name: str) -> Node | None:
+        capture_id = parse_id(name)
+        if capture_id is None:
+            return None
+        try:
+            await self._client.list_videos(capture_id)  # 404 for an id the API does not know
+        except NotFound:
+            return None
+        self.known_captures.add(capture_id)
+        return self._capture_dir(capture_id)
+
+    def _capture_dir(self, capture_id: int) -> DirNode:
+        async def children() -> Children:
+            return [
+                ("videos", self._dir(lambda: self._list_videos(capture_id))),
+                ("pointclouds", self._dir(lambda: self._list_capture_pointclouds(capture_id))),
+            ]
+
+        node = self._dir(children)
+        node.dynamic = False
+        node.xattrs = {"id": str(capture_id), "kind": "capture"}
+        return node
+
+    async def _list_videos(self, capture_id: int) -> Children:
+        videos = await self._client.list_videos(capture_id)
+        names = assign_names([(v.name, v.id) for v in videos])
+        children: Children = []
+        for name, video in zip(names, videos, strict=True):
+            node = FileNode(
+                mtime=video.updated_at or video.created_at,
+                ctime=video.created_at or video.updated_at,
+                source=RemoteFile(f"videos/{video.id}", f"videos/{video.id}/download"),
+                xattrs={
+                    "id": str(video.id),
+                    "kind": "video",
+                    "name": video.name,
+                    "state": video.state or "",
+                    "created_at": _iso(video.created_at),
+                    "updated_at": _iso(video.updated_at),
+                },
+            )
+            children.append((name, node))
+        return children
+
+    async def _list_capture_pointclouds(self, capture_id: int) -> Children:
+        pointclouds = await self._client.list_pointclouds(
+            capture_id=capture_id, pointcloud_type="3d_reconstructed"
+        )
+        return self._sub_dirs(pointclouds)
+
+    # -- /clusters ----------------------------------------------------------------
+
+    async def _list_clusters(self) -> Children:
+        pointclouds = await self._client.list_pointclouds(pointcloud_type="all")
+        clusters: dict[int, str | None] = {}
+        for pc in pointclouds:
+            if pc.cluster_id is not None:
+                clusters.setdefault(pc.cluster_id, pc.cluster_name)
+        children: Children = []
+        for cluster_id in sorted(clusters):
+            node = self._dir(lambda cid=cluster_id: self._list_cluster(cid))
+            node.xattrs = {
+                "id": str(cluster_id),
+                "kind": "cluster",
+                "name": clusters[cluster_id] or "",
+            }
+            children.append((str(cluster_id), node))
+        return children
+
+    async def _list_cluster(self, cluster_id: int) -> Children:
+        pointclouds = await self._client.list_pointclouds(
+            cluster_id=cluster_id, pointcloud_type="all"
+        )
+        return self._sub_dirs(pointclouds)
+
+    # -- /records -----------------------------------------------------------------
+
+    async def _list_records(self) -> Children:
+        return [(str(rid), self._record_dir(rid)) for rid in sorted(self.known_records)]
+
+    async def _lookup_record(self, name: str) -> Node | None:
+        record_id = parse_id(name)
+        if record_id is None:
+            return None
+        try:
+            await self._client.list_pointclouds(record_id=record_id, pointcloud_type="uploaded")
+        except NotFound:
+            return None
+        self.known_records.add(record_id)
+        return self._record_dir(record_id)
+
+    def _record_dir(self, record_id: int) -> DirNode:
+        async def children() -> Children:
+            pointclouds = await self._client.list_pointclouds(
+                record_id=record_id, pointcloud_type="uploaded"
+            )
+            return self._sub_dirs(pointclouds)
+
+        node = self._dir(children)
+        node.xattrs = {"id": str(record_id), "kind": "record"}
+        return node
+
+    # -- a sub pointcloud's directory ----------------------------------------------
+
+    def _sub_dirs(self, pointclouds: Iterable[Pointcloud]) -> Children:
+        """One directory per ``sub`` pointcloud, named by its id; groups carry no files."""
+        return [
+            (str(pc.id), self._sub_dir(pc))
+            for pc in sorted((p for p in pointclouds if p.is_sub), key=lambda p: p.id)
+        ]
+
+    def _sub_dir(self, pc: Pointcloud) -> DirNode:
+        async def children() -> Children:
+            return await self._sub_files(pc)
+
+        node = self._dir(
+            children,
+            mtime=pc.updated_at or pc.created_at or self._started,
+            ctime=pc.created_at or pc.updated_at or self._started,
+        )
+        node.xattrs = _pointcloud_xattrs(pc)
+        return node
+
+    async def _sub_files(self, pc: Pointcloud) -> Children:
+        has_mesh, has_ply = pc.mesh_uploaded_at is not None, pc.ply_uploaded_at is not None
+        if not pc.resources_known:
+            kinds = {r.kind for r in await self._client.list_resources(pc.id)}
+            has_mesh, has_ply = "mesh" in kinds, "ply" in kinds
+        mtime = pc.updated_at or pc.created_at
+        ctime = pc.created_at or pc.updated_at
+        xattrs = _pointcloud_xattrs(pc)
+        [cpc_name] = assign_names([(pc.name, pc.id)], reserved=RESERVED_IN_SUB)
+        children: Children = [
+            (
+                cpc_name,
+                FileNode(
+                    mtime=mtime,
+                    ctime=ctime,
+                    xattrs=dict(xattrs, kind="cpc"),
+                    source=RemoteFile(f"pointclouds/{pc.id}", f"pointclouds/{pc.id}/download"),
+                ),
+            ),
+        ]
+        for present, name, kind, when in (
+            (has_mesh, MESH_ZIP, "mesh", pc.mesh_uploaded_at),
+            (has_ply, POINTCLOUD_PLY, "ply", pc.ply_uploaded_at),
+        ):
+            if present:
+                children.append(
+                    (
+                        name,
+                        FileNode(
+                            mtime=when or mtime,
+                            ctime=ctime,
+                            xattrs=dict(xattrs, kind=kind),
+                            source=RemoteFile(
+                                f"pointclouds/{pc.id}/{kind}",
+                                f"pointclouds/{pc.id}/resources/{kind}/download",
+                            ),
+                        ),
+                    )
+                )
+
+        async def meta() -> bytes:
+            result = await self._client.get_meta(pc.id)
+            return (json.dumps(result, indent=2, sort_keys=True) + "\n").encode()
+
+        children.append(
+            (
+                META_JSON,
+                FileNode(
+                    mtime=mtime,
+                    ctime=ctime,
+                    xattrs=dict(xattrs, kind="meta"),
+                    source=StaticFile(f"pointclouds/{pc.id}/meta.json", meta),
+                ),
+            )
+        )
+        return children
+
+
+def _pointcloud_xattrs(pc: Pointcloud) -> dict[str, str]:
+    return {
+        "id": str(pc.id),
+        "kind": pc.kind,
+        "name": pc.name,
+        "state": pc.state or "",
+        "pointcloud_type": pc.pointcloud_type or "",
+        "cluster_id": str(pc.cluster_id or ""),
+        "created_at": _iso(pc.created_at),
+        "updated_at": _iso(pc.updated_at),
+        "tm": _matrix_text(pc.tm),
+        "wtm": _matrix_text(pc.wtm),
+    }

@@ -1,0 +1,134 @@
+"""The filesystem as our own types: the namespace's tree joined to the data layer's sizes.
+
+`fuse_ops` calls only this (and speaks pyfuse3); this module speaks neither
+FUSE nor HTTP. Keeping the join here lets tests drive the whole filesystem
+logic without a kernel, and keeps `fuse_ops` a translator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio
+
+from cupixfs.data.sources import FileSource
+from cupixfs.data.store import DataStore
+from cupixfs.errors import AuthError, CupixError, NotFound, unwrap
+from cupixfs.namespace.nodes import DirNode, FileNode, Node
+from cupixfs.namespace.tree import Namespace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What `stat` shows of one entry. *size* None means "not known right now"."""
+
+    inode: int
+    is_dir: bool
+    size: int | None
+    mtime: datetime
+    ctime: datetime
+
+
+class IsADirectory(CupixError):
+    """open() on a directory."""
+
+
+class NotADirectory(CupixError):
+    """readdir() or lookup() in a file."""
+
+
+class Vfs:
+    """Lookup, attributes, listings, and reads by inode."""
+
+    def __init__(self, namespace: Namespace, data: DataStore, started: datetime) -> None:
+        self.namespace = namespace
+        self.data = data
+        self._started = started
+        self._handles: dict[int, FileSource] = {}
+        self._next_fh = itertools.count(1)
+
+    def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
+        mtime = node.mtime or self._started
+        return Attr(inode, isinstance(node, DirNode), size, mtime, node.ctime or mtime)
+
+    async def getattr(self, inode: int) -> Attr:
+        node = self.namespace.node(inode)
+        if isinstance(node, FileNode) and node.source is not None:
+            return self._attr(inode, node, await self.data.size(node.source))
+        return self._attr(inode, node, 0)
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        try:
+            inode = await self.namespace.lookup(parent, name)
+        except NotADirectoryError:
+            raise NotADirectory(name) from None
+        return await self.getattr(inode)
+
+    async def listdir(self, inode: int) -> list[tuple[str, Attr]]:
+        """Every child with its attributes; file sizes are learnt concurrently.
+
+        A file whose size cannot be learnt now is still listed (size None), so
+        one broken file does not hide its siblings; if every probe fails, the
+        listing fails with the first error.
+        """
+        try:
+            entries = await self.namespace.listdir(inode)
+        except NotADirectoryError:
+            raise NotADirectory(str(inode)) from None
+        nodes = [(name, child, self.namespace.node(child)) for name, child in entries]
+        sizes: dict[int, int | None] = {}
+        errors: list[BaseException] = []
+
+        async def probe(child: int, source: FileSource) -> None:
+            try:
+                sizes[child] = await self.data.size(source)
+            except AuthError:
+                raise
+            except CupixError as exc:
+                errors.append(exc)
+                sizes[child] = None
+
+        limiter = trio.CapacityLimiter(16)
+
+        async def bounded(child: int, source: FileSource) -> None:
+            async with limiter:
+                await probe(child, source)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _name, child, node in nodes:
+                    if isinstance(node, FileNode) and node.source is not None:
+                        nursery.start_soon(bounded, child, node.source)
+        except BaseExceptionGroup as group:
+            raise unwrap(group) from None
+        if errors and len(errors) == len(sizes):
+            raise errors[0]
+        for exc in errors:
+            log.warning("listing: a file's size is unknown for now: %s", exc)
+        return [(name, self._attr(child, node, sizes.get(child, 0))) for name, child, node in nodes]
+
+    def open(self, inode: int) -> int:
+        node = self.namespace.node(inode)
+        if not isinstance(node, FileNode) or node.source is None:
+            raise IsADirectory(str(inode))
+        fh = next(self._next_fh)
+        self._handles[fh] = node.source
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        try:
+            source = self._handles[fh]
+        except KeyError:
+            raise NotFound(f"no open file {fh}") from None
+        return await self.data.read(source, offset, size)
+
+    def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def xattrs(self, inode: int) -> dict[str, str]:
+        return self.namespace.node(inode).xattrs

@@ -1,0 +1,81 @@
+"""Parsers at the HTTP boundary: Content-Range, signed-URL expiry, API items, sizes."""
+
+import calendar
+import time
+
+import pytest
+
+from cupixfs.api.models import Pointcloud, Video
+from cupixfs.config import parse_size
+from cupixfs.data.blocks import runs
+from cupixfs.data.fetch import parse_content_range
+from cupixfs.data.signed_url import url_expiry
+from cupixfs.errors import ProtocolError
+from cupixfs.redact import redact_url
+
+
+def test_content_range() -> None:
+    assert parse_content_range("bytes 0-99/1000") == (0, 99, 1000)
+    assert parse_content_range("bytes */0") == (None, None, 0)
+    assert parse_content_range("bytes 5-9/*") == (5, 9, None)
+    assert parse_content_range("garbage") == (None, None, None)
+    assert parse_content_range(None) == (None, None, None)
+
+
+def test_url_expiry_s3_v4() -> None:
+    issued = calendar.timegm(time.strptime("20261125T100000Z", "%Y%m%dT%H%M%SZ"))
+    url = "https://s3/x?X-Amz-Date=20261125T100000Z&X-Amz-Expires=60&X-Amz-Signature=abc"
+    assert url_expiry(url, now=issued + 10) == issued + 60
+    assert url_expiry("https://s3/x?Expires=1700000000", now=0) == 1700000000
+    assert url_expiry("https://s3/x", now=5) is None
+
+
+def test_redact_url_hides_query_and_userinfo() -> None:
+    redacted = redact_url("https://user:pw@host:8443/path/f.insv?X-Amz-Signature=secret")
+    assert "secret" not in redacted and "pw" not in redacted
+    assert redacted.startswith("https://host:8443/path/f.insv")
+
+
+def test_runs() -> None:
+    assert runs([1, 2, 3, 5, 6, 9], max_len=2) == [(1, 2), (3, 3), (5, 6), (9, 9)]
+    assert runs([], max_len=4) == []
+
+
+def test_parse_size() -> None:
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("512M") == 512 << 20
+    assert parse_size("1.5GiB") == 3 << 29
+    assert parse_size("1000") == 1000
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_video_item() -> None:
+    video = Video.from_item(
+        {"id": "7", "type": "video", "attributes": {"id": 7, "name": "a.insv", "state": "done",
+                                                    "updated_at": "2023-10-30T02:35:05.544Z"}}
+    )
+    assert video.id == 7 and video.name == "a.insv"
+    assert video.updated_at is not None and video.updated_at.year == 2023
+
+
+def test_malformed_items_raise_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        Video.from_item({"id": "7", "attributes": {"id": 7}})  # no name
+    with pytest.raises(ProtocolError):
+        Video.from_item({"id": "x", "attributes": {"name": "a"}})  # no numeric id
+    with pytest.raises(ProtocolError):
+        Pointcloud.from_item({"id": "1", "attributes": {"id": 1, "name": "n"}})  # no kind
+    with pytest.raises(ProtocolError):
+        Video.from_item(["not", "a", "dict"])
+
+
+def test_pointcloud_item() -> None:
+    pc = Pointcloud.from_item({"id": "5310", "attributes": {
+        "id": 5310, "name": "12116.cpc", "kind": "sub", "parent": {"id": 5309},
+        "cluster": {"id": 3416, "name": "Cluster 1"}, "mesh_uploaded_at": None,
+        "meta": {"prop": {"tm": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]}},
+    }})
+    assert pc.is_sub and pc.cluster_id == 3416 and pc.parent_id == 5309
+    assert pc.resources_known and pc.mesh_uploaded_at is None
+    assert pc.tm is not None and len(pc.tm) == 16
