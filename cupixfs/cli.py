@@ -217,9 +217,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with FakeServer(data_dir, token="demo-token") as server:
         config = _config(args, mountpoint, "demo-token", server.api_url)
         config.foreground = True
-        dataset = server.dataset() if hasattr(server, "dataset") else {}
-        config.captures = sorted(int(c) for c in dataset.get("captures", {}))
-        config.records = sorted(int(r) for r in dataset.get("records", {}))
+        config.captures = sorted(server.dataset.captures)
+        config.records = sorted(server.dataset.records)
         print(
             f"cupixfs demo: fake Cupix API at {server.api_url}\n"
             f"cupixfs demo: mounted at {mountpoint}  (try: ls -lR {mountpoint})\n"

@@ -12,7 +12,7 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -59,8 +59,8 @@ def errno_for(exc: BaseException) -> int:
 
 
 def _errors(
-    handler: Callable[P, Awaitable[R]],
-) -> Callable[P, Awaitable[R]]:
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn every exception of *handler* into a `pyfuse3.FUSEError`."""
 
     @functools.wraps(handler)
@@ -137,7 +137,7 @@ class CupixOperations(pyfuse3.Operations):
 
     @_errors
     async def getattr(
-        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         return self._entry(await self._vfs.getattr(inode))
 
@@ -192,7 +192,9 @@ class CupixOperations(pyfuse3.Operations):
     # -- extended attributes -----------------------------------------------------------
 
     @_errors
-    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[bytes]:
         return [f"user.cupix.{k}".encode() for k, v in self._vfs.xattrs(inode).items() if v]
 
     @_errors

@@ -17,8 +17,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup(debug: bool, log_file: Path | None = None) -> None:
     """Log to stderr (foreground) or to *log_file* (background), at INFO or DEBUG."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

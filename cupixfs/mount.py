@@ -43,9 +43,13 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 
 def is_stale_mount(path: Path) -> bool:
-    """A mount whose process died answers ENOTCONN ("Transport endpoint is not connected")."""
+    """A mount whose process died answers ENOTCONN ("Transport endpoint is not connected").
+
+    statfs is asked because it always reaches the daemon; stat may be answered
+    from the kernel's attribute cache even when nobody serves the mount.
+    """
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -90,18 +94,75 @@ async def serve(config: MountConfig, notify: Notify) -> None:
             pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         except RuntimeError as exc:
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+        stack.data.on_change = lambda source: _invalidate_kernel_cache(stack.vfs.inodes_of(source))
         log.info("mounted %s at %s", config.api_url, config.mountpoint)
         notify(None)
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(_after_init, config.mountpoint)
                 await pyfuse3.main()
                 unmounted = True  # the kernel ended the session (fusermount3 -u)
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=not unmounted)
             log.info("unmounted %s", config.mountpoint)
+
+
+#: The kernel's readahead for the mount (KiB). Its default, 128, caps FUSE reads at
+#: 128 KiB; at 1024 the kernel sends 1 MiB reads, which measured 540 -> 780 MB/s on
+#: cached data (fewer round trips through the FUSE request loop).
+KERNEL_READAHEAD_KB = 1024
+
+
+def raise_kernel_readahead(mountpoint: Path, kb: int = KERNEL_READAHEAD_KB) -> None:
+    """Raise the mount's backing-device readahead (root only; silently skipped otherwise).
+
+    The device number comes from /proc/self/mountinfo, not stat(): a stat of our
+    own mountpoint before the request loop runs would wait on ourselves.
+    """
+    device = None
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == str(mountpoint):
+                    device = fields[2]
+        if device is not None:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as setting:
+                setting.write(str(kb))
+    except OSError as exc:
+        log.debug("kernel readahead left at its default: %s", exc)
+
+
+async def _after_init(mountpoint: Path) -> None:
+    """Settings the kernel only keeps once its FUSE_INIT exchange is over.
+
+    A statfs from a worker thread returns only after our own request loop has
+    answered INIT (and then the statfs), which is exactly when to apply them.
+    """
+    with trio.move_on_after(10):
+        await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
+        raise_kernel_readahead(mountpoint)
+
+
+def _invalidate_kernel_cache(inodes: list[int]) -> None:
+    """Drop the kernel's cached pages and attributes of files whose remote version changed.
+
+    Run from a worker thread: the kernel may wait for the very read request
+    that noticed the change, so calling it inline could deadlock.
+    """
+
+    def invalidate() -> None:
+        for inode in inodes:
+            try:
+                pyfuse3.invalidate_inode(pyfuse3.InodeT(inode))
+            except OSError as exc:  # ENOENT: the kernel had already forgotten it
+                log.debug("invalidate_inode(%d): %s", inode, exc)
+
+    if inodes:
+        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, invalidate)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+import trio
 
 from cupixfs import __version__
 from cupixfs.api.client import CupixClient
 from cupixfs.config import MountConfig
 from cupixfs.data.blocks import BlockCache
+from cupixfs.data.disk_cache import DiskCache
 from cupixfs.data.fetch import RangeFetcher
+from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
+from cupixfs.data.stat_cache import StatCache
 from cupixfs.data.store import DataStore
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
@@ -31,32 +35,40 @@ class Stack:
     client: CupixClient
     fetcher: RangeFetcher
     blocks: BlockCache
+    data: DataStore
     vfs: Vfs
 
 
 @asynccontextmanager
 async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
-    """The layers of one mount, with their HTTP connection pools open."""
+    """The layers of one mount, with their HTTP pools and background tasks running."""
     policy = RetryPolicy(deadline=config.timeout, attempt_timeout=min(15.0, config.timeout))
     timeout = httpx.Timeout(policy.attempt_timeout)
     headers = {"User-Agent": f"cupixfs/{__version__}"}
-    limits = httpx.Limits(
-        max_connections=config.max_requests + 4, max_keepalive_connections=config.max_requests
-    )
+    disk = DiskCache(config.cache_dir, config.cache_size)
+    stat_cache = StatCache(config.cache_dir, ttl=3600.0)
+    await trio.to_thread.run_sync(disk.open)
+    stat_cache.open()
     # Two pools: the API (which gets the token) and storage (which must never see it).
     async with (
         httpx.AsyncClient(timeout=timeout, headers=headers) as api_http,
-        httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits) as blob_http,
+        storage_client(timeout, headers, config.max_requests + 4) as blob_http,
+        trio.open_nursery() as background,
     ):
         client = CupixClient(api_http, config.api_url, config.token, policy, config.per_page)
         fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, config.max_requests)
-        blocks = BlockCache(config.memory_cache)
+        blocks = BlockCache(config.memory_cache, disk)
+        blocks.background = background
         data = DataStore(
-            fetcher, blocks, stat_ttl=max(config.listing_ttl, 600.0), static_ttl=config.listing_ttl
+            fetcher, blocks, stat_cache, stat_ttl=3600.0, static_ttl=config.listing_ttl
         )
+        data.background = background
         started = datetime.now(UTC)
         tree = Tree(client, started)
         tree.known_captures.update(config.captures)
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
-        yield Stack(client, fetcher, blocks, Vfs(namespace, data, started))
+        try:
+            yield Stack(client, fetcher, blocks, data, Vfs(namespace, data, started))
+        finally:
+            background.cancel_scope.cancel()

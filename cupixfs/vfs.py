@@ -15,7 +15,7 @@ from datetime import datetime
 import trio
 
 from cupixfs.data.sources import FileSource
-from cupixfs.data.store import DataStore
+from cupixfs.data.store import DataStore, OpenFile
 from cupixfs.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
 from cupixfs.namespace.tree import Namespace
@@ -49,7 +49,7 @@ class Vfs:
         self.namespace = namespace
         self.data = data
         self._started = started
-        self._handles: dict[int, FileSource] = {}
+        self._handles: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
@@ -117,18 +117,22 @@ class Vfs:
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
         fh = next(self._next_fh)
-        self._handles[fh] = node.source
+        self._handles[fh] = self.data.open(node.source)
         return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         try:
-            source = self._handles[fh]
+            handle = self._handles[fh]
         except KeyError:
             raise NotFound(f"no open file {fh}") from None
-        return await self.data.read(source, offset, size)
+        return await self.data.read(handle, offset, size)
 
     def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
     def xattrs(self, inode: int) -> dict[str, str]:
         return self.namespace.node(inode).xattrs
+
+    def inodes_of(self, source: FileSource) -> list[int]:
+        """Every inode whose bytes come from *source* (a sub shows up in several places)."""
+        return self.namespace.inodes_with_source(source.key)

@@ -132,8 +132,10 @@ class Pointcloud:
         if not isinstance(kind, str):
             raise ProtocolError("pointcloud has no kind")
         cluster = attrs.get("cluster")
-        meta = attrs.get("meta") if isinstance(attrs.get("meta"), dict) else {}
-        prop = meta.get("prop") if isinstance(meta.get("prop"), dict) else {}
+        raw_meta = attrs.get("meta")
+        meta: Json = raw_meta if isinstance(raw_meta, dict) else {}
+        raw_prop = meta.get("prop")
+        prop: Json = raw_prop if isinstance(raw_prop, dict) else {}
         return cls(
             id=_item_id(item),
             name=_name(attrs),

@@ -1,31 +1,36 @@
-"""The block cache: fixed-size blocks of remote files, in memory, shared fetches.
+"""The block cache: fixed-size blocks of remote files in memory, then on disk, then fetched.
 
-Block size is 1 MiB: large enough that one HTTP request's fixed cost (a round
-trip, header parsing) is small next to its transfer, small enough that random
-access (a zip's central directory, a PLY header) fetches little it does not
-need. Blocks are keyed by ``(version, index)`` where *version* names the remote
-object *and* its ETag, so two versions of a file can never be mixed.
+Block size is 1 MiB: large enough that a request's fixed cost (a round trip,
+header parsing, a disk file) is small next to its transfer, small enough that
+random access (a zip's central directory, a PLY header) fetches little it does
+not need. Blocks are keyed by ``(version, index)``, where *version* names the
+remote object *and* its ETag and size, so two versions of a file never mix.
 
-Misses are fetched as contiguous runs (one ranged GET per run, split into parts
-of at most *max_part_blocks*), concurrently; a block already being fetched by
-another reader is waited for, never fetched twice.
+A block being fetched is *claimed*: any other reader of it waits for that one
+fetch (foreground reads and read-ahead alike), so concurrent readers of a file
+cause one request per block. Misses are fetched as contiguous runs, split into
+parts of at most *part_blocks*, concurrently.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import cachetools
 import trio
 
+from cupixfs.data.disk_cache import DiskCache
 from cupixfs.errors import unwrap
+
+log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 
 BlockKey = tuple[str, int]
 #: Fetches blocks ``[first, last]`` of a version and returns their bytes, concatenated.
-FetchRun = Callable[[int, int], Awaitable[bytes]]
+FetchRun = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 @dataclass
@@ -36,9 +41,11 @@ class _Pending:
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    misses: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    fetched: int = 0
     waits: int = 0
+    prefetched: int = 0
 
 
 def runs(indices: Sequence[int], max_len: int) -> list[tuple[int, int]]:
@@ -53,76 +60,196 @@ def runs(indices: Sequence[int], max_len: int) -> list[tuple[int, int]]:
 
 
 class BlockCache:
-    """Memory LRU of blocks (bounded in bytes) in front of a fetch function."""
+    """Memory LRU (bounded in bytes) over an optional `DiskCache`, over a fetch function."""
 
     def __init__(
-        self, memory_bytes: int, block_size: int = BLOCK_SIZE, max_part_blocks: int = 8
+        self,
+        memory_bytes: int,
+        disk: DiskCache | None = None,
+        block_size: int = BLOCK_SIZE,
+        part_blocks: int = 8,
     ) -> None:
         self.block_size = block_size
-        self.max_part_blocks = max_part_blocks
+        self.part_blocks = part_blocks
+        self.disk = disk
         self._memory: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(
-            maxsize=max(memory_bytes, block_size), getsizeof=len
+            maxsize=max(memory_bytes, 2 * block_size), getsizeof=len
         )
         self._pending: dict[BlockKey, _Pending] = {}
         self.stats = CacheStats()
+        #: Where disk writes run in the background (set by the mount); None = inline.
+        self.background: trio.Nursery | None = None
+        self._write_queue = trio.Semaphore(8)  # runs of blocks waiting for the disk
 
-    def cached(self, version: str, index: int) -> bool:
-        return (version, index) in self._memory or (version, index) in self._pending
+    def is_known(self, version: str, index: int) -> bool:
+        """In memory or being fetched (a disk check would cost a thread hop)."""
+        key = (version, index)
+        return key in self._memory or key in self._pending
 
-    async def get(self, version: str, first: int, last: int, fetch: FetchRun) -> list[bytes]:
-        """Blocks *first*..*last* of *version*, from memory or fetched (each at most once)."""
+    def _claim(
+        self, version: str, indices: range | list[int]
+    ) -> tuple[dict[int, bytes], list[int], dict[int, _Pending]]:
+        """Split *indices* into found in memory, newly claimed by us, and pending elsewhere."""
         found: dict[int, bytes] = {}
         claimed: list[int] = []
         waiting: dict[int, _Pending] = {}
-        for index in range(first, last + 1):
+        for index in indices:
             key = (version, index)
             data = self._memory.get(key)
             if data is not None:
                 found[index] = data
-                self.stats.hits += 1
+                self.stats.memory_hits += 1
             elif key in self._pending:
                 waiting[index] = self._pending[key]
                 self.stats.waits += 1
             else:
                 self._pending[key] = _Pending()
                 claimed.append(index)
-                self.stats.misses += 1
+        return found, claimed, waiting
+
+    async def get(self, version: str, first: int, last: int, fetch: FetchRun) -> list[bytes]:
+        """Blocks *first*..*last* of *version*: memory, disk, or one shared fetch each."""
+        found, claimed, waiting = self._claim(version, range(first, last + 1))
         if claimed:
-            await self._fetch_claimed(version, claimed, fetch, found)
+            await self._load_claimed(version, claimed, fetch, found)
         for index, pending in waiting.items():
             await pending.done.wait()
-            if pending.data is None:  # the other reader failed: try for ourselves
+            if pending.data is None:  # the other fetch failed: try for ourselves
                 pending.data = (await self.get(version, index, index, fetch))[0]
             found[index] = pending.data
         return [found[i] for i in range(first, last + 1)]
 
-    async def _fetch_claimed(
+    def prefetch(
+        self,
+        version: str,
+        indices: list[int],
+        fetch: FetchRun,
+        nursery: trio.Nursery,
+        budget: trio.Semaphore,
+    ) -> int:
+        """Start fetching *indices* in the background, as far as *budget* allows.
+
+        *budget* counts blocks in flight across the whole mount: when it is spent,
+        read-ahead simply stops short (back-pressure), so a slow reader never makes
+        memory grow. Returns how many blocks were started.
+        """
+        wanted = [i for i in indices if not self.is_known(version, i)]
+        started = 0
+        for run_first, run_last in runs(wanted, self.part_blocks):
+            count = run_last - run_first + 1
+            taken = 0
+            while taken < count:
+                try:
+                    budget.acquire_nowait()
+                except trio.WouldBlock:
+                    break
+                taken += 1
+            if taken == 0:
+                break
+            run_last = run_first + taken - 1
+            _found, claimed, _waiting = self._claim(version, range(run_first, run_last + 1))
+            # Give back the budget of blocks someone claimed between the filter and here.
+            for _ in range(taken - len(claimed)):
+                budget.release()
+            if claimed:
+                started += len(claimed)
+                nursery.start_soon(self._prefetch_run, version, claimed, fetch, budget)
+            if taken < count:
+                break
+        return started
+
+    async def _prefetch_run(
+        self, version: str, claimed: list[int], fetch: FetchRun, budget: trio.Semaphore
+    ) -> None:
+        try:
+            await self._load_claimed(version, claimed, fetch, {})
+            self.stats.prefetched += len(claimed)
+        except Exception as exc:  # a failed read-ahead is not an error: the read will retry
+            log.debug("read-ahead of %d block(s) failed: %s", len(claimed), unwrap(exc))
+        finally:
+            for _ in claimed:
+                budget.release()
+
+    async def _load_claimed(
         self, version: str, claimed: list[int], fetch: FetchRun, found: dict[int, bytes]
+    ) -> None:
+        """Fill *found* with the *claimed* blocks (disk first, then network); wake waiters."""
+        try:
+            missing = claimed
+            if self.disk is not None and self.disk.enabled:
+                missing = []
+                for index in claimed:
+                    data = await self.disk.get(version, index)
+                    if data is None:
+                        missing.append(index)
+                    else:
+                        found[index] = data
+                        self._memory[(version, index)] = data
+                        self.stats.disk_hits += 1
+            if missing:
+                await self._fetch(version, missing, fetch, found)
+        finally:
+            for index in claimed:  # wake the remaining waiters, whether we succeeded or not
+                self._wake(version, index, found.get(index))
+
+    async def _fetch(
+        self, version: str, missing: list[int], fetch: FetchRun, found: dict[int, bytes]
     ) -> None:
         async def fetch_run(run_first: int, run_last: int) -> None:
             data = await fetch(run_first, run_last)
+            view = memoryview(data)
+            fetched: list[tuple[int, bytes]] = []
             for offset, index in enumerate(range(run_first, run_last + 1)):
-                block = data[offset * self.block_size : (offset + 1) * self.block_size]
+                block = bytes(view[offset * self.block_size : (offset + 1) * self.block_size])
                 found[index] = block
-                self.put(version, index, block)
+                self._memory[(version, index)] = block
+                fetched.append((index, block))
+                self._wake(version, index, block)  # readers need not wait for the disk
+            self.stats.fetched += len(fetched)
+            if self.disk is not None and self.disk.enabled:
+                await self._store(version, fetched)
 
         try:
             async with trio.open_nursery() as nursery:
-                for run_first, run_last in runs(claimed, self.max_part_blocks):
+                for run_first, run_last in runs(missing, self.part_blocks):
                     nursery.start_soon(fetch_run, run_first, run_last)
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
-        finally:
-            for index in claimed:  # wake waiters, whether we succeeded or not
-                pending = self._pending.pop((version, index), None)
-                if pending is not None:
-                    pending.data = found.get(index)
-                    pending.done.set()
 
-    def put(self, version: str, index: int, block: bytes) -> None:
-        self._memory[(version, index)] = block
+    def _wake(self, version: str, index: int, data: bytes | None) -> None:
+        pending = self._pending.pop((version, index), None)
+        if pending is not None:
+            pending.data = data
+            pending.done.set()
+
+    async def _store(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
+        """Write blocks to disk in the background while the write queue has room, else inline.
+
+        The queue bound keeps a disk slower than the network from holding an
+        unbounded number of blocks in memory.
+        """
+        assert self.disk is not None
+        disk = self.disk
+
+        async def write() -> None:
+            try:
+                for index, block in blocks:
+                    await disk.put(version, index, block)
+            finally:
+                self._write_queue.release()
+
+        if self.background is not None:
+            try:
+                self._write_queue.acquire_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                self.background.start_soon(write)
+                return
+        for index, block in blocks:
+            await disk.put(version, index, block)
 
     def drop_version(self, version: str) -> None:
-        """Forget every block of one version (the remote file changed)."""
+        """Forget every in-memory block of one version (the remote file changed)."""
         for key in [k for k in self._memory if k[0] == version]:
             self._memory.pop(key, None)

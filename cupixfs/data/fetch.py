@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -68,7 +67,6 @@ class RangeFetcher:
         urls: SignedUrls,
         policy: RetryPolicy,
         max_requests: int = 16,
-        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._http = http
         self._urls = urls
@@ -116,7 +114,7 @@ class RangeFetcher:
         async def attempt() -> RemoteStat:
             async with self._limit:
                 _url, response = await self._open(remote, 0, head_size - 1)
-                async with response:
+                try:
                     etag = response.headers.get("etag")
                     if response.status_code == 416:
                         _, _, total = parse_content_range(response.headers.get("content-range"))
@@ -135,15 +133,19 @@ class RangeFetcher:
                         if total < 0:
                             raise ProtocolError(f"{remote.key}: no length on probe")
                         expected = min(total, head_size)
-                    head = await self._read_body(response, expected, stop_early=True)
+                    head = await self._read_body(response, expected)
                     if len(head) < expected:
                         raise Retryable("probe body cut short")
                     self.stats.bytes += len(head)
                     return RemoteStat(total, etag, bytes(head))
+                finally:
+                    await response.aclose()
 
         return await retrying(attempt, self._policy, f"probe {remote.key}", self._count_retry)
 
-    async def fetch(self, remote: RemoteFile, start: int, end: int, etag: str | None) -> bytes:
+    async def fetch(
+        self, remote: RemoteFile, start: int, end: int, etag: str | None
+    ) -> bytes | bytearray:
         """Bytes ``[start, end)`` of *remote*, which must still carry *etag*."""
         buf = bytearray()
         length = end - start
@@ -152,18 +154,18 @@ class RangeFetcher:
             position = start + len(buf)
             async with self._limit:
                 _url, response = await self._open(remote, position, end - 1)
-                async with response:
+                before = len(buf)
+                try:
                     self._check(remote, response, position, end, etag)
-                    before = len(buf)
-                    try:
-                        await self._read_into(response, buf, length)
-                    finally:
-                        self.stats.bytes += len(buf) - before
+                    await self._read_into(response, buf, length)
+                finally:
+                    self.stats.bytes += len(buf) - before
+                    await response.aclose()
             if len(buf) < length:
                 raise Retryable(f"body cut short at {start + len(buf)} of [{start}, {end})", 0.0)
 
         await retrying(attempt, self._policy, f"read {remote.key}", self._count_retry)
-        return bytes(buf)
+        return buf  # callers slice it into blocks; no copy of the whole run here
 
     def _check(
         self, remote: RemoteFile, response: httpx.Response, first: int, end: int, etag: str | None
@@ -191,7 +193,8 @@ class RangeFetcher:
         except httpx.TransportError as exc:  # reset or cut: resume from len(buf)
             log.debug("body interrupted after %d bytes: %s", len(buf), type(exc).__name__)
 
-    async def _read_body(self, response: httpx.Response, limit: int, stop_early: bool) -> bytes:
+    async def _read_body(self, response: httpx.Response, limit: int) -> bytes:
+        """Up to *limit* bytes of the body (the rest, if any, is dropped with the connection)."""
         buf = bytearray()
         try:
             async for chunk in response.aiter_raw():

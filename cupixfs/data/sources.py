@@ -20,6 +20,9 @@ class RemoteFile:
 
     key: str
     download_path: str
+    #: What the API says about this version (its ``updated_at``): a persisted size
+    #: is trusted only while the hint is unchanged.
+    hint: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,26 @@
-"""The data layer's front door: size and read any file source.
+"""The data layer's front door: size, open and read any file source.
 
-`DataStore.stat` answers a file's size (probing remote files once, keeping
-their first bytes); `DataStore.read` serves byte ranges through the block
-cache, and starts over on the new version if the remote file changed under us,
-so a read never returns a mix of two versions.
+`DataStore.size` answers a file's size (probing a remote file once, keeping
+its first bytes, and remembering the answer on disk for the next mount);
+`DataStore.read` serves byte ranges through the block cache, drives read-ahead
+for sequential readers, and starts over on the new version if the remote file
+changed under it, so a read never returns a mix of two versions.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import RangeFetcher, RemoteStat
+from cupixfs.data.readahead import ReadAhead
 from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
-from cupixfs.errors import RemoteChanged, Unavailable, unwrap
+from cupixfs.data.stat_cache import StatCache
+from cupixfs.errors import RemoteChanged, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,22 @@ class _Static:
     expires: float
 
 
+@dataclass
+class OpenFile:
+    """One open file handle: its source and its read-ahead state."""
+
+    source: FileSource
+    readahead: ReadAhead = field(default_factory=ReadAhead)
+
+
+@dataclass
+class ReadAheadConfig:
+    initial: int = 1 << 20
+    maximum: int = 32 << 20
+    #: Blocks in flight for read-ahead across the whole mount (the memory budget).
+    budget_blocks: int = 48
+
+
 class DataStore:
     """Sizes and bytes of file sources, with caching and change detection."""
 
@@ -39,20 +58,25 @@ class DataStore:
         self,
         fetcher: RangeFetcher,
         blocks: BlockCache,
-        stat_ttl: float = 600.0,
+        stat_cache: StatCache | None = None,
+        stat_ttl: float = 3600.0,
         static_ttl: float = 60.0,
-        max_probes: int = 16,
+        readahead: ReadAheadConfig | None = None,
         on_change: Callable[[FileSource], None] | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._blocks = blocks
+        self._stat_cache = stat_cache
         self._stat_ttl = stat_ttl
         self._static_ttl = static_ttl
         self._stats: dict[str, tuple[RemoteStat, float]] = {}
         self._static: dict[str, _Static] = {}
         self._locks: dict[str, trio.Lock] = {}
-        self._probe_limit = trio.CapacityLimiter(max_probes)
-        self._on_change = on_change
+        self._readahead = readahead or ReadAheadConfig()
+        self._budget = trio.Semaphore(self._readahead.budget_blocks)
+        self.on_change = on_change
+        #: Where read-ahead runs (set by the mount); None disables read-ahead.
+        self.background: trio.Nursery | None = None
 
     # -- sizes -------------------------------------------------------------
 
@@ -60,34 +84,6 @@ class DataStore:
         if isinstance(source, StaticFile):
             return len(await self._load_static(source))
         return (await self._remote_stat(source)).size
-
-    async def sizes(self, sources: Sequence[FileSource]) -> list[int]:
-        """Sizes of many files at once, probing at most *max_probes* at a time.
-
-        This is what keeps ``ls -l`` of a large directory from stat-ing files one
-        after another over the network.
-        """
-        result: list[int] = [0] * len(sources)
-
-        async def one(i: int, source: FileSource) -> None:
-            async with self._probe_limit:
-                result[i] = await self.size(source)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for i, source in enumerate(sources):
-                    nursery.start_soon(one, i, source)
-        except BaseExceptionGroup as group:
-            raise unwrap(group) from None
-        return result
-
-    def known_size(self, source: FileSource) -> int | None:
-        """The size if already known, without any network call."""
-        if isinstance(source, StaticFile):
-            entry = self._static.get(source.key)
-            return len(entry.data) if entry else None
-        cached = self._stats.get(source.key)
-        return cached[0].size if cached else None
 
     async def _remote_stat(self, source: RemoteFile) -> RemoteStat:
         cached = self._stats.get(source.key)
@@ -98,17 +94,23 @@ class DataStore:
             cached = self._stats.get(source.key)
             if cached is not None and cached[1] > trio.current_time():
                 return cached[0]
-            stat = await self._fetcher.probe(source, HEAD_SIZE)
+            stat = None
+            if cached is None and self._stat_cache is not None:
+                stat = self._stat_cache.load(source.key, source.hint)
+            if stat is None:
+                stat = await self._fetcher.probe(source, HEAD_SIZE)
+                if self._stat_cache is not None:
+                    self._stat_cache.save(source.key, source.hint, stat)
             if cached is not None and cached[0].etag != stat.etag:
                 self._changed(source, cached[0])
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
 
     def _changed(self, source: RemoteFile, old: RemoteStat) -> None:
-        log.info("%s changed remotely (new version); dropping cached blocks", source.key)
+        log.info("%s changed remotely (new version); dropping its cached blocks", source.key)
         self._blocks.drop_version(_version(source, old))
-        if self._on_change is not None:
-            self._on_change(source)
+        if self.on_change is not None:
+            self.on_change(source)
 
     async def _load_static(self, source: StaticFile) -> bytes:
         entry = self._static.get(source.key)
@@ -120,39 +122,62 @@ class DataStore:
 
     # -- bytes -------------------------------------------------------------
 
-    async def read(self, source: FileSource, offset: int, size: int) -> bytes:
+    def open(self, source: FileSource) -> OpenFile:
+        config = self._readahead
+        return OpenFile(source, ReadAhead(initial=config.initial, maximum=config.maximum))
+
+    async def read(self, handle: OpenFile | FileSource, offset: int, size: int) -> bytes:
+        if not isinstance(handle, OpenFile):
+            handle = OpenFile(handle)
+        source = handle.source
         if isinstance(source, StaticFile):
             return (await self._load_static(source))[offset : offset + size]
         for _ in range(MAX_VERSION_RESTARTS):
             stat = await self._remote_stat(source)
             try:
-                return await self._read_remote(source, stat, offset, size)
+                return await self._read_remote(handle, source, stat, offset, size)
             except RemoteChanged as exc:
                 log.info("%s; starting the read over on the new version", exc)
                 self._stats.pop(source.key, None)
+                if self._stat_cache is not None:
+                    self._stat_cache.drop(source.key)
                 self._changed(source, stat)
         raise Unavailable(f"{source.key}: the remote file keeps changing")
 
     async def _read_remote(
-        self, source: RemoteFile, stat: RemoteStat, offset: int, size: int
+        self, handle: OpenFile, source: RemoteFile, stat: RemoteStat, offset: int, size: int
     ) -> bytes:
         end = min(offset + size, stat.size)
         if offset >= end:
             return b""
-        if end <= len(stat.head):
-            return stat.head[offset:end]
         bs = self._blocks.block_size
-        first, last = offset // bs, (end - 1) // bs
+        version = _version(source, stat)
 
-        async def fetch_run(run_first: int, run_last: int) -> bytes:
+        async def fetch_run(run_first: int, run_last: int) -> bytes | bytearray:
             start = run_first * bs
             stop = min((run_last + 1) * bs, stat.size)
             return await self._fetcher.fetch(source, start, stop, stat.etag)
 
-        blocks = await self._blocks.get(_version(source, stat), first, last, fetch_run)
-        data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
+        window = handle.readahead.observe(offset, end - offset)
+        if window and self.background is not None:
+            ahead_first = (end - 1) // bs + 1
+            ahead_last = (min(end + window, stat.size) - 1) // bs
+            if ahead_first <= ahead_last:
+                self._blocks.prefetch(
+                    version,
+                    list(range(ahead_first, ahead_last + 1)),
+                    fetch_run,
+                    self.background,
+                    self._budget,
+                )
+        if end <= len(stat.head):
+            return stat.head[offset:end]
+        first, last = offset // bs, (end - 1) // bs
+        blocks = await self._blocks.get(version, first, last, fetch_run)
         skip = offset - first * bs
-        return data[skip : skip + (end - offset)]
+        if len(blocks) == 1:
+            return blocks[0][skip : skip + (end - offset)]
+        return b"".join(blocks)[skip : skip + (end - offset)]
 
 
 def _version(source: RemoteFile, stat: RemoteStat) -> str:

@@ -11,8 +11,9 @@ This module only builds nodes; caching, inode numbers and TTLs live in
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
 from cupixfs.api.client import CupixClient
@@ -67,10 +68,20 @@ class Tree:
             mtime=self._started, ctime=self._started, list_children=children, dynamic=False
         )
 
-    def _dir(self, list_children, lookup_extra=None, **attrs) -> DirNode:  # type: ignore[no-untyped-def]
-        times = {"mtime": self._started, "ctime": self._started}
-        times.update(attrs)
-        return DirNode(list_children=list_children, lookup_extra=lookup_extra, **times)
+    def _dir(
+        self,
+        list_children: Callable[[], Awaitable[Children]],
+        lookup_extra: Callable[[str], Awaitable[Node | None]] | None = None,
+        mtime: datetime | None = None,
+        ctime: datetime | None = None,
+    ) -> DirNode:
+        """A directory listed by *list_children*; times default to the mount's start."""
+        return DirNode(
+            list_children=list_children,
+            lookup_extra=lookup_extra,
+            mtime=mtime or self._started,
+            ctime=ctime or mtime or self._started,
+        )
 
     # -- /captures ----------------------------------------------------------------
 
@@ -108,7 +119,11 @@ class Tree:
             node = FileNode(
                 mtime=video.updated_at or video.created_at,
                 ctime=video.created_at or video.updated_at,
-                source=RemoteFile(f"videos/{video.id}", f"videos/{video.id}/download"),
+                source=RemoteFile(
+                    f"videos/{video.id}",
+                    f"videos/{video.id}/download",
+                    hint=_iso(video.updated_at or video.created_at),
+                ),
                 xattrs={
                     "id": str(video.id),
                     "kind": "video",
@@ -132,12 +147,20 @@ class Tree:
     async def _list_clusters(self) -> Children:
         pointclouds = await self._client.list_pointclouds(pointcloud_type="all")
         clusters: dict[int, str | None] = {}
+        updated: dict[int, datetime] = {}
         for pc in pointclouds:
             if pc.cluster_id is not None:
                 clusters.setdefault(pc.cluster_id, pc.cluster_name)
+                when = pc.updated_at or pc.created_at
+                if when is not None and (
+                    pc.cluster_id not in updated or when > updated[pc.cluster_id]
+                ):
+                    updated[pc.cluster_id] = when
         children: Children = []
         for cluster_id in sorted(clusters):
-            node = self._dir(lambda cid=cluster_id: self._list_cluster(cid))
+            node = self._dir(
+                functools.partial(self._list_cluster, cluster_id), mtime=updated.get(cluster_id)
+            )
             node.xattrs = {
                 "id": str(cluster_id),
                 "kind": "cluster",
@@ -216,7 +239,9 @@ class Tree:
                     mtime=mtime,
                     ctime=ctime,
                     xattrs=dict(xattrs, kind="cpc"),
-                    source=RemoteFile(f"pointclouds/{pc.id}", f"pointclouds/{pc.id}/download"),
+                    source=RemoteFile(
+                        f"pointclouds/{pc.id}", f"pointclouds/{pc.id}/download", hint=_iso(mtime)
+                    ),
                 ),
             ),
         ]
@@ -235,6 +260,7 @@ class Tree:
                             source=RemoteFile(
                                 f"pointclouds/{pc.id}/{kind}",
                                 f"pointclouds/{pc.id}/resources/{kind}/download",
+                                hint=_iso(when or mtime),
                             ),
                         ),
                     )

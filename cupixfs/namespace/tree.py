@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import trio
 
 from cupixfs.errors import NotFound, Unavailable
-from cupixfs.namespace.nodes import DirNode, Node
+from cupixfs.namespace.nodes import DirNode, FileNode, Node
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,14 @@ class Namespace:
                     listing.names[name] = inode
                 return inode
         raise NotFound(f"no entry {name!r}")
+
+    def inodes_with_source(self, key: str) -> list[int]:
+        """Inodes of the files whose source has this key."""
+        return [
+            inode
+            for inode, node in self._nodes.items()
+            if isinstance(node, FileNode) and node.source is not None and node.source.key == key
+        ]
 
     def invalidate(self, inode: int) -> None:
         """Forget a directory's cached listing, so the next access asks the API."""

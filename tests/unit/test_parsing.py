@@ -52,8 +52,16 @@ def test_parse_size() -> None:
 
 def test_video_item() -> None:
     video = Video.from_item(
-        {"id": "7", "type": "video", "attributes": {"id": 7, "name": "a.insv", "state": "done",
-                                                    "updated_at": "2023-10-30T02:35:05.544Z"}}
+        {
+            "id": "7",
+            "type": "video",
+            "attributes": {
+                "id": 7,
+                "name": "a.insv",
+                "state": "done",
+                "updated_at": "2023-10-30T02:35:05.544Z",
+            },
+        }
     )
     assert video.id == 7 and video.name == "a.insv"
     assert video.updated_at is not None and video.updated_at.year == 2023
@@ -71,11 +79,20 @@ def test_malformed_items_raise_protocol_error() -> None:
 
 
 def test_pointcloud_item() -> None:
-    pc = Pointcloud.from_item({"id": "5310", "attributes": {
-        "id": 5310, "name": "12116.cpc", "kind": "sub", "parent": {"id": 5309},
-        "cluster": {"id": 3416, "name": "Cluster 1"}, "mesh_uploaded_at": None,
-        "meta": {"prop": {"tm": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]}},
-    }})
+    pc = Pointcloud.from_item(
+        {
+            "id": "5310",
+            "attributes": {
+                "id": 5310,
+                "name": "12116.cpc",
+                "kind": "sub",
+                "parent": {"id": 5309},
+                "cluster": {"id": 3416, "name": "Cluster 1"},
+                "mesh_uploaded_at": None,
+                "meta": {"prop": {"tm": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]}},
+            },
+        }
+    )
     assert pc.is_sub and pc.cluster_id == 3416 and pc.parent_id == 5309
     assert pc.resources_known and pc.mesh_uploaded_at is None
     assert pc.tm is not None and len(pc.tm) == 16

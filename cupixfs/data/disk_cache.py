@@ -1,0 +1,220 @@
+"""The persistent block cache: one checksummed file per block, bounded in bytes, LRU.
+
+Layout under ``<cache_dir>/blocks/``: ``<2 hex>/<sha256 of version>-<index>``.
+A version names a remote object *and* its ETag and size, so blocks of two
+versions of a file never meet. Each file starts with a 16-byte header (magic,
+length, CRC-32 of the payload): a block truncated or corrupted by a power cut
+fails the check, is deleted, and is fetched again, never served.
+
+Writes go to a temporary file renamed into place (a crash leaves no half
+block under a real name). Disk I/O runs in worker threads so the event loop
+never waits on the disk. When the disk is full or the directory unwritable, the
+cache says so once and the mount keeps serving from the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CPXB"
+HEADER = struct.Struct("<4sIII")  # magic, payload length, crc32, reserved
+TMP_SUFFIX = ".tmp"
+
+
+def version_hash(version: str) -> str:
+    return hashlib.sha256(version.encode()).hexdigest()
+
+
+def block_header(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), 0)
+
+
+def encode_block(payload: bytes) -> bytes:
+    return block_header(payload) + payload
+
+
+def decode_block(raw: bytes) -> bytes | None:
+    """The payload if *raw* is a whole, uncorrupted block file; None otherwise."""
+    if len(raw) < HEADER.size:
+        return None
+    magic, length, crc, _ = HEADER.unpack_from(raw)
+    payload = raw[HEADER.size :]
+    if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        return None
+    return payload
+
+
+class DiskCache:
+    """Blocks on disk, bounded by *max_bytes*, least recently used evicted first."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root / "blocks"
+        self.max_bytes = max_bytes
+        self._lru: OrderedDict[str, int] = OrderedDict()  # relative path -> file size
+        self._bytes = 0
+        self._lock = threading.Lock()  # the LRU is touched from worker threads
+        self.enabled = True
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+
+    # -- set-up --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory (0700) and index what a previous mount left, oldest first."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root.parent, 0o700)
+            os.chmod(self.root, 0o700)
+            found: list[tuple[float, str, int]] = []
+            for sub in os.scandir(self.root):
+                if not sub.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(sub.path):
+                    if entry.name.endswith(TMP_SUFFIX):  # a write cut short by a crash
+                        os.unlink(entry.path)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    found.append((st.st_mtime, f"{sub.name}/{entry.name}", st.st_size))
+        except OSError as exc:
+            self._disable(exc)
+            return
+        for _mtime, rel, size in sorted(found):
+            self._lru[rel] = size
+            self._bytes += size
+        self._evict(0)
+        log.debug("disk cache: %d blocks, %d bytes", len(self._lru), self._bytes)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def _path(self, version: str, index: int) -> tuple[str, Path]:
+        digest = version_hash(version)
+        rel = f"{digest[:2]}/{digest}-{index}"
+        return rel, self.root / rel
+
+    # -- blocking operations (run in worker threads) ------------------------------------
+
+    def get_sync(self, version: str, index: int) -> bytes | None:
+        if not self.enabled:
+            return None
+        rel, path = self._path(version, index)
+        with self._lock:
+            if rel not in self._lru:
+                self.misses += 1
+                return None
+            self._lru.move_to_end(rel)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            self._forget(rel)
+            self.misses += 1
+            return None
+        payload = decode_block(raw)
+        if payload is None:
+            log.warning("disk cache: block %s is corrupt or truncated; fetching it again", rel)
+            self.corrupt += 1
+            self._remove(rel, path)
+            return None
+        self.hits += 1
+        return payload
+
+    def put_sync(self, version: str, index: int, payload: bytes) -> None:
+        if not self.enabled:
+            return
+        rel, path = self._path(version, index)
+        header = block_header(payload)
+        total = len(header) + len(payload)
+        with self._lock:
+            if rel in self._lru:
+                return
+            self._evict(total)
+        tmp = path.with_name(path.name + f".{threading.get_ident()}{TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                written = os.writev(fd, [header, payload])
+                if written < total:  # rare short write: finish it plainly
+                    rest = memoryview(header + payload)[written:]
+                    while rest:
+                        rest = rest[os.write(fd, rest) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                self._disable(exc)
+            else:
+                log.warning("disk cache: cannot write a block: %s", exc.strerror)
+            return
+        with self._lock:
+            self._lru[rel] = total
+            self._bytes += total
+
+    def clear_sync(self) -> None:
+        with self._lock:
+            items = list(self._lru.items())
+        for rel, _size in items:
+            self._remove(rel, self.root / rel)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _evict(self, incoming: int) -> None:
+        """Make room for *incoming* bytes (called with the lock held, or before threads)."""
+        while self._lru and self._bytes + incoming > self.max_bytes:
+            rel, size = self._lru.popitem(last=False)
+            self._bytes -= size
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / rel)
+
+    def _forget(self, rel: str) -> None:
+        with self._lock:
+            size = self._lru.pop(rel, None)
+            if size is not None:
+                self._bytes -= size
+
+    def _remove(self, rel: str, path: Path) -> None:
+        self._forget(rel)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    def _disable(self, exc: OSError) -> None:
+        if self.enabled:
+            log.warning(
+                "disk cache disabled (%s: %s); serving from the network only",
+                self.root,
+                exc.strerror or exc,
+            )
+        self.enabled = False
+
+    # -- async front ---------------------------------------------------------------------
+
+    async def get(self, version: str, index: int) -> bytes | None:
+        if not self.enabled:
+            return None
+        return await trio.to_thread.run_sync(self.get_sync, version, index)
+
+    async def put(self, version: str, index: int, payload: bytes) -> None:
+        if self.enabled:
+            await trio.to_thread.run_sync(self.put_sync, version, index, payload)

@@ -1,0 +1,43 @@
+"""Adaptive read-ahead: detect sequential reading per open file and grow a window.
+
+The first read at offset 0, or any read that continues where the previous one
+ended, counts as sequential; the window then starts at *initial* and doubles
+on every sequential read up to *maximum* (Mountpoint for S3 does the same).
+Small jumps are tolerated -- forward up to 16 MiB, backward up to 1 MiB --
+because the kernel's own readahead requests arrive slightly out of order.
+Anything else is random access: the window collapses, and only what is read
+is fetched (a zip's central directory at the end, a PLY header then a seek).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORWARD_TOLERANCE = 16 << 20
+BACKWARD_TOLERANCE = 1 << 20
+
+
+@dataclass
+class ReadAhead:
+    """The read-ahead state of one open file."""
+
+    initial: int = 1 << 20
+    maximum: int = 64 << 20
+    window: int = 0
+    next_offset: int = 0
+    reads: int = 0
+
+    def observe(self, offset: int, size: int) -> int:
+        """Record a read of ``[offset, offset + size)``; return how far beyond it to fetch."""
+        sequential = (
+            offset == 0 and self.reads == 0
+        ) or self.next_offset - BACKWARD_TOLERANCE <= offset <= self.next_offset + FORWARD_TOLERANCE
+        if self.reads == 0 and offset != 0:
+            sequential = False
+        self.reads += 1
+        if sequential:
+            self.window = self.initial if self.window == 0 else min(self.window * 2, self.maximum)
+        else:
+            self.window = 0
+        self.next_offset = max(self.next_offset, offset + size) if sequential else offset + size
+        return self.window

@@ -1,0 +1,85 @@
+"""Remote files' sizes and ETags, kept on disk beside the blocks.
+
+A remount must answer ``ls -l`` and serve cached blocks with no request to
+storage, so what a probe learnt (size, ETag) is saved per remote file, with
+the *hint* the API gave for that file when it was probed (its ``updated_at``).
+An entry is trusted while the hint is unchanged and it is younger than the
+TTL; a different hint means the file changed, and it is probed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from cupixfs.data.fetch import RemoteStat
+
+log = logging.getLogger(__name__)
+
+
+class StatCache:
+    """Persistent ``key -> (size, etag, hint, probed_at)`` entries, one small JSON file each."""
+
+    def __init__(self, root: Path, ttl: float) -> None:
+        self.root = root / "stats"
+        self.ttl = ttl
+        self.enabled = True
+
+    def open(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            log.warning("stat cache disabled (%s)", exc.strerror)
+            self.enabled = False
+
+    def _path(self, key: str) -> Path:
+        return self.root / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def load(self, key: str, hint: str) -> RemoteStat | None:
+        if not self.enabled:
+            return None
+        try:
+            entry = json.loads(self._path(key).read_text())
+            if (
+                entry.get("key") != key
+                or entry.get("hint") != hint
+                or time.time() - float(entry["probed_at"]) > self.ttl
+            ):
+                return None
+            size = entry["size"]
+            etag = entry["etag"]
+            if not isinstance(size, int) or size < 0 or not (etag is None or isinstance(etag, str)):
+                return None
+            return RemoteStat(size, etag, b"")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or corrupt: probe again
+
+    def save(self, key: str, hint: str, stat: RemoteStat) -> None:
+        if not self.enabled:
+            return
+        path = self._path(key)
+        tmp = path.with_suffix(".tmp")
+        body = {
+            "key": key,
+            "hint": hint,
+            "size": stat.size,
+            "etag": stat.etag,
+            "probed_at": time.time(),
+        }
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(body, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot save a stat entry: %s", exc.strerror)
+
+    def drop(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(key))

@@ -1,0 +1,7 @@
+"""``python -m cupixfs.fake``: see :mod:`cupixfs.fake.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

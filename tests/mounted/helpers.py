@@ -1,0 +1,38 @@
+"""Small helpers for tests that walk a mount."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def walk_files(root: Path) -> set[str]:
+    found: set[str] = set()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            found.add(str(Path(dirpath, name).relative_to(root)))
+    return found
+
+
+def blob_files(dataset: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every downloadable blob of the model, by blob id."""
+    blobs = {v["file"]["blob_id"]: v["file"] for v in dataset["videos"]}
+    for pc in dataset["pointclouds"]:
+        for f in pc["files"].values():
+            if f is not None:
+                blobs[f["blob_id"]] = f
+    return blobs
+
+
+def hostile_capture(dataset: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in dataset["captures"] if c["name"] == "hostile")

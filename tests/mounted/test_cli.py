@@ -1,0 +1,137 @@
+"""The command line: background mounts, wrong tokens, unmounting, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cupixfs.fake.server import FakeServer
+from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env, wait_for_mount
+
+
+def _run(*args: str, token: str = TOKEN, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cupixfs_cmd(*args),
+        env=mount_env(token),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_wrong_token_fails_before_mounting(fake: FakeServer, tmp_path: Path) -> None:
+    for extra in ([], ["--foreground"]):
+        result = _run("mount", str(tmp_path), "--api-url", fake.api_url, *extra, token="wrong")
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "token" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+        assert not os.path.ismount(tmp_path)
+
+
+def test_missing_token_is_a_clear_error(fake: FakeServer, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUPIX_API_TOKEN"}
+    result = subprocess.run(
+        cupixfs_cmd("mount", str(tmp_path), "--api-url", fake.api_url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CUPIX_API_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_api_fails_fast_and_clearly(tmp_path: Path) -> None:
+    result = _run(
+        "mount", str(tmp_path), "--api-url", "http://127.0.0.1:9/api/v1", "--timeout", "2"
+    )
+    assert result.returncode == 1
+    assert "cannot reach the Cupix API" in result.stderr
+    assert not os.path.ismount(tmp_path)
+
+
+def test_background_mount_returns_when_ready_and_unmounts(
+    fake: FakeServer, tmp_path: Path, dataset: dict[str, Any]
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    capture = str(dataset["captures"][0]["id"])
+    try:
+        result = _run(
+            "mount",
+            str(mountpoint),
+            "--api-url",
+            fake.api_url,
+            "--capture",
+            capture,
+            "--log-file",
+            str(tmp_path / "log"),
+        )
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mountpoint)  # ready as soon as the command returns
+        assert os.listdir(mountpoint / "captures") == [capture]
+        with open("/proc/mounts") as mounts:
+            line = next(m for m in mounts if str(mountpoint) in m)
+        assert "fuse.cupixfs" in line and " ro," in line
+        assert "allow_other" not in line
+        assert _run("unmount", str(mountpoint)).returncode == 0
+        assert not os.path.ismount(mountpoint)
+    finally:
+        force_unmount(mountpoint)
+
+
+def test_unmount_of_something_not_mounted_is_a_clear_error(tmp_path: Path) -> None:
+    result = _run("unmount", str(tmp_path))
+    assert result.returncode == 2 and "cannot unmount" in result.stderr
+
+
+def test_sigterm_unmounts_cleanly(fake: FakeServer, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            cupixfs_cmd("mount", str(mountpoint), "--api-url", fake.api_url, "--foreground"),
+            env=mount_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_mount(mountpoint, process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert not os.path.ismount(mountpoint)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        force_unmount(mountpoint)
+
+
+def test_a_stale_mount_is_cleaned_up(fake: FakeServer, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            cupixfs_cmd("mount", str(mountpoint), "--api-url", fake.api_url, "--foreground"),
+            env=mount_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_mount(mountpoint, process, log)
+        process.kill()  # a crash: the mount stays, but nobody serves it
+        process.wait()
+        assert os.path.ismount(mountpoint)
+        result = _run("mount", str(mountpoint), "--api-url", fake.api_url)
+        assert result.returncode == 0, result.stderr
+        assert sorted(os.listdir(mountpoint)) == ["captures", "clusters", "records"]
+    finally:
+        force_unmount(mountpoint)

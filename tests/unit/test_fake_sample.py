@@ -1,0 +1,183 @@
+"""The sample generator writes real, deterministic content and a model that matches it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cupixfs.fake import sample
+from cupixfs.fake.sample import LONG_UTF8_NAME, generate, profile
+
+
+@pytest.fixture(scope="module")
+def test_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(profile("test"), tmp_path_factory.mktemp("test-profile"))
+
+
+def load(data: Path) -> dict[str, Any]:
+    return json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+
+
+def all_files(model: dict[str, Any]) -> list[dict[str, Any]]:
+    files = [v["file"] for v in model["videos"]]
+    files += [f for pc in model["pointclouds"] for f in pc["files"].values() if f is not None]
+    return files
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_file_matches_its_size_and_sha256(test_data: Path) -> None:
+    files = all_files(load(test_data))
+    assert len({f["blob_id"] for f in files}) == len(files)
+    for f in files:
+        path = test_data / "blobs" / f["blob_id"]
+        assert path.stat().st_size == f["size"]
+        assert sha256(path) == f["sha256"]
+    assert sorted(p.name for p in (test_data / "blobs").iterdir()) == sorted(
+        f["blob_id"] for f in files
+    )
+
+
+def test_captures_cover_the_pagination_and_empty_cases(test_data: Path) -> None:
+    model = load(test_data)
+    counts = {c["name"]: len(c["video_ids"]) for c in model["captures"]}
+    assert counts == {"main": 17, "single": 1, "empty": 0, "hostile": len(sample.HOSTILE_NAMES)}
+
+
+def test_hostile_names_and_edge_sizes(test_data: Path) -> None:
+    model = load(test_data)
+    hostile = next(c for c in model["captures"] if c["name"] == "hostile")
+    videos = {v["id"]: v for v in model["videos"]}
+    names = [videos[i]["attributes"]["name"] for i in hostile["video_ids"]]
+    for name in ("../../etc/passwd", "a/b.insv", ".", "..", "", "new\nline.insv"):
+        assert name in names
+    assert any("\x00" in n for n in names)
+    assert names.count("dup.insv") == 2
+    assert len(LONG_UTF8_NAME.encode()) == 300 and LONG_UTF8_NAME in names
+    sizes = {f["size"] for f in all_files(model) if not f["name"].endswith(".ply")}
+    assert {0, 1} <= sizes
+    assert all(s % 2 == 1 for s in sizes if s > 1), "sizes should not be multiples of 2^k"
+
+
+def test_mesh_zips_are_valid_and_exactly_sized(test_data: Path) -> None:
+    spec_meshes = [s.mesh for c in profile("test").clusters for s in c.subs if s.mesh]
+    spec_meshes += [s.mesh for r in profile("test").records for s in r.subs if s.mesh]
+    meshes = [pc["files"]["mesh"] for pc in load(test_data)["pointclouds"] if pc["files"]["mesh"]]
+    assert len(meshes) == len(spec_meshes)
+    for f, spec in zip(meshes, spec_meshes, strict=True):
+        path = test_data / "blobs" / f["blob_id"]
+        assert path.stat().st_size == spec.size
+        with zipfile.ZipFile(path) as zf:
+            assert zf.testzip() is None
+            assert len(zf.infolist()) == spec.entries
+            assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_ply_header_parses_and_matches_the_vertex_data(test_data: Path) -> None:
+    plys = [pc["files"]["ply"] for pc in load(test_data)["pointclouds"] if pc["files"]["ply"]]
+    assert plys
+    for f in plys:
+        raw = (test_data / "blobs" / f["blob_id"]).read_bytes()
+        header, sep, body = raw.partition(b"end_header\n")
+        assert sep
+        lines = header.decode("ascii").splitlines()
+        assert lines[:2] == ["ply", "format binary_little_endian 1.0"]
+        count = int(next(ln for ln in lines if ln.startswith("element vertex")).split()[2])
+        assert "property float x" in lines and "property uchar blue" in lines
+        assert len(body) == count * 15
+        x, y, z, *_ = struct.unpack_from("<fffBBB", body, 0)
+        assert -20 <= x <= 20 and -20 <= y <= 20 and 0 <= z <= 3.5
+
+
+def test_pointcloud_model_follows_the_pages(test_data: Path) -> None:
+    model = load(test_data)
+    pcs = {pc["id"]: pc for pc in model["pointclouds"]}
+    for pc in pcs.values():
+        attrs = pc["attributes"]
+        assert attrs["state"] == "done"
+        assert len(attrs["meta"]["prop"]["tm"]) == 16 and len(attrs["meta"]["prop"]["wtm"]) == 16
+        assert attrs["cluster"]["type"] == "Cluster"
+        if attrs["kind"] == "group":
+            assert attrs["parent"] == {"id": None}
+            assert pc["files"] == {"cpc": None, "mesh": None, "ply": None}
+            continue
+        group = pcs[attrs["parent"]["id"]]
+        assert group["attributes"]["kind"] == "group"
+        assert attrs["cluster"] == group["attributes"]["cluster"]
+        kinds = [r["kind"] for r in pc["resources"]]
+        assert kinds[:2] == [None, "plane"]
+        assert ("mesh" in kinds) == (attrs["mesh_uploaded_at"] is not None)
+        assert ("ply" in kinds) == (attrs["ply_uploaded_at"] is not None)
+        if attrs["pointcloud_type"] == "3d_reconstructed":
+            assert pc["capture_id"] is not None
+        else:
+            assert pc["record_id"] is not None and pc["capture_id"] is None
+    assert any(pc["attributes"]["pointcloud_type"] == "uploaded" for pc in pcs.values())
+
+
+def test_wtm_composes_group_and_sub_transforms(test_data: Path) -> None:
+    pcs = {pc["id"]: pc for pc in load(test_data)["pointclouds"]}
+    sub = next(
+        pc
+        for pc in pcs.values()
+        if pc["attributes"]["kind"] == "sub"
+        and pc["attributes"]["meta"]["prop"]["tm"] != list(sample.IDENTITY)
+    )
+    prop = sub["attributes"]["meta"]["prop"]
+    group_tm = pcs[sub["attributes"]["parent"]["id"]]["attributes"]["meta"]["prop"]["tm"]
+    assert group_tm != list(sample.IDENTITY)
+    # Column-major: translation lives in elements 12..14; wtm's is group_tm applied to tm's.
+    tx, ty, tz = prop["tm"][12:15]
+    expected = [
+        sum(group_tm[k * 4 + row] * v for k, v in enumerate((tx, ty, tz, 1))) for row in range(3)
+    ]
+    assert prop["wtm"][12:15] == pytest.approx(expected, abs=1e-5)
+
+
+def test_ids_are_distinct_and_timestamps_look_real(test_data: Path) -> None:
+    model = load(test_data)
+    ids = [
+        x["id"]
+        for key in ("records", "captures", "clusters", "videos", "pointclouds")
+        for x in model[key]
+    ]
+    assert len(ids) == len(set(ids))
+    stamp = model["videos"][0]["attributes"]["created_at"]
+    assert len(stamp) == 24 and stamp.endswith("Z") and stamp[19] == "."
+
+
+def test_generation_is_deterministic_and_idempotent(tmp_path: Path) -> None:
+    spec = profile("test")
+    a = generate(spec, tmp_path / "a", seed=7)
+    b = generate(spec, tmp_path / "b", seed=7)
+    assert load(a) == load(b)
+    blob = a / "blobs" / "video-5000"
+    mtime = blob.stat().st_mtime_ns
+    os.utime(blob, ns=(mtime - 10**9, mtime - 10**9))
+    generate(spec, a, seed=7)  # same spec hash: nothing rewritten
+    assert blob.stat().st_mtime_ns == mtime - 10**9
+    generate(spec, a, seed=8)  # different seed: regenerated with other bytes
+    assert load(a)["videos"][0]["file"]["sha256"] != load(b)["videos"][0]["file"]["sha256"]
+
+
+def test_profiles() -> None:
+    demo, bench = profile("demo"), profile("bench")
+    assert [len(c.video_sizes) for c in demo.captures] == [3, 3]
+    assert all(4 << 20 <= s <= 8 << 20 for c in demo.captures for s in c.video_sizes)
+    assert len(demo.records) == 1 and 1 <= len(demo.records[0].subs) <= 2
+    sizes = sorted(s for c in bench.captures for s in c.video_sizes)
+    assert sizes[-1] >= 2 << 30 and sizes[-2] >= 512 << 20 and len(sizes) == 122
+    meshes = [s.mesh for c in bench.clusters for s in c.subs if s.mesh]
+    assert meshes[0].entries == 2000 and meshes[0].size >= 256 << 20
+    assert max(len(c.subs) for c in bench.clusters) == 40
+    with pytest.raises(ValueError):
+        profile("nope")
