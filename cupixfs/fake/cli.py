@@ -13,7 +13,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -44,35 +43,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stop(Exception):
+    """Raised in the main thread by the SIGINT/SIGTERM handler."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Raising (rather than setting an Event, whose lock the interrupted main thread may hold)
+    # cannot deadlock; later signals are ignored so the shutdown itself is not interrupted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 also after SIGINT/SIGTERM while serving)."""
     args = _parser().parse_args(argv)
-    data = generate(profile(args.profile), args.data, seed=args.seed)
-    if args.command == "generate":
-        print(json.dumps({"data": str(data), "profile": args.profile, "seed": args.seed}))
-        return 0
-
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    server = FakeServer(
-        data,
-        token=args.token,
-        per_page=args.per_page,
-        host=args.host,
-        port=args.port,
-        verbose=args.verbose,
-    ).start()
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    serving = False
     try:
-        sys.stdout.write(json.dumps(server.info()) + "\n")
-        sys.stdout.flush()
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    return 0
+        data = generate(profile(args.profile), args.data, seed=args.seed)
+        if args.command == "generate":
+            print(json.dumps({"data": str(data), "profile": args.profile, "seed": args.seed}))
+            return 0
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        server = FakeServer(
+            data,
+            token=args.token,
+            per_page=args.per_page,
+            host=args.host,
+            port=args.port,
+            verbose=args.verbose,
+        ).start()
+        serving = True
+        try:
+            sys.stdout.write(json.dumps(server.info()) + "\n")
+            sys.stdout.flush()
+            while True:
+                signal.pause()
+        finally:
+            server.stop()
+    except _Stop:
+        # Interrupted while generating: the dataset is incomplete (dataset.json is written
+        # last, so the next run regenerates it); report failure. While serving: clean exit.
+        return 0 if serving else 1
