@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+AUTH_LOG_EVERY = 300.0
 DIR_MODE = 0o040555
 FILE_MODE = 0o100444
 
@@ -72,15 +74,9 @@ def _errors(
         except (trio.Cancelled, KeyboardInterrupt):
             raise
         except BaseException as raw:
-            exc = unwrap(raw)
-            code = errno_for(exc)
-            if isinstance(exc, NotFound | IsADirectory | NotADirectory):
-                log.debug("%s: %s", handler.__name__, exc)
-            elif isinstance(exc, CupixError):
-                log.warning("%s: %s", handler.__name__, exc)
-            else:
-                log.error("%s: unexpected %s", handler.__name__, type(exc).__name__, exc_info=exc)
-            raise pyfuse3.FUSEError(code) from None
+            ops = args[0]
+            assert isinstance(ops, CupixOperations)
+            raise pyfuse3.FUSEError(ops.report(handler.__name__, unwrap(raw))) from None
 
     return wrapper
 
@@ -105,6 +101,32 @@ class CupixOperations(pyfuse3.Operations):
         self._dir_inode: dict[int, int] = {}  # directory handle -> inode
         self._listings: dict[int, list[tuple[str, Attr]]] = {}
         self._next_dir_fh = 1
+        self._last_auth_log = -AUTH_LOG_EVERY
+        #: Requests answered with an error other than ENOENT.
+        self.errors = 0
+
+    def report(self, operation: str, exc: BaseException) -> int:
+        """Log *exc* as it deserves and return its errno; count it for `cupixfs status`.
+
+        An auth failure is logged once per five minutes, not once per block: a
+        revoked token would otherwise flood the log while a copy runs.
+        """
+        code = errno_for(exc)
+        if code != errno.ENOENT:
+            self.errors += 1
+        if isinstance(exc, NotFound | IsADirectory | NotADirectory):
+            log.debug("%s: %s", operation, exc)
+        elif isinstance(exc, AuthError):
+            now = time.monotonic()
+            if now - self._last_auth_log >= AUTH_LOG_EVERY:
+                self._last_auth_log = now
+                log.error("%s: %s; answering EACCES until the token works again", operation, exc)
+        elif isinstance(exc, CupixError):
+            log.warning("%s: %s", operation, exc)
+        else:
+            log.error("%s: unexpected %s: %s", operation, type(exc).__name__, exc)
+            log.debug("traceback of the unexpected error", exc_info=exc)
+        return code
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -179,8 +201,8 @@ class CupixOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh = self._vfs.open(inode)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+        fh, live = await self._vfs.open(inode)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=not live, direct_io=live)
 
     @_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:

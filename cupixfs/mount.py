@@ -90,6 +90,7 @@ async def serve(config: MountConfig, notify: Notify) -> None:
         except CupixError as exc:
             raise MountError(f"cannot reach the Cupix API at {config.api_url}: {exc}") from None
         operations = CupixOperations(stack.vfs, attr_timeout=config.listing_ttl)
+        stack.metrics.add_source(lambda: {"errors": operations.errors})
         try:
             pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         except RuntimeError as exc:

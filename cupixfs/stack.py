@@ -24,6 +24,7 @@ from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
 from cupixfs.data.store import DataStore
+from cupixfs.metrics import Metrics
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
 from cupixfs.retry import RetryPolicy
@@ -37,6 +38,7 @@ class Stack:
     blocks: BlockCache
     data: DataStore
     vfs: Vfs
+    metrics: Metrics
 
 
 @asynccontextmanager
@@ -63,12 +65,30 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             fetcher, blocks, stat_cache, stat_ttl=3600.0, static_ttl=config.listing_ttl
         )
         data.background = background
+        metrics = Metrics(config.mountpoint, config.cache_dir, config.cache_size)
+        metrics.add_source(
+            lambda: {
+                "memory_hits": blocks.stats.memory_hits,
+                "disk_hits": blocks.stats.disk_hits,
+                "fetched": blocks.stats.fetched,
+                "prefetched": blocks.stats.prefetched,
+                "requests": fetcher.stats.requests + client.requests,
+                "blob_requests": fetcher.stats.requests,
+                "api_requests": client.requests,
+                "bytes": fetcher.stats.bytes,
+                "retries": fetcher.stats.retries + client.retries,
+                "disk_cache_bytes": disk.used_bytes,
+                "disk_cache_blocks": len(disk),
+                "corrupt_blocks": disk.corrupt,
+            }
+        )
+        background.start_soon(metrics.save_periodically)
         started = datetime.now(UTC)
-        tree = Tree(client, started)
+        tree = Tree(client, started, status=metrics.render)
         tree.known_captures.update(config.captures)
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
         try:
-            yield Stack(client, fetcher, blocks, data, Vfs(namespace, data, started))
+            yield Stack(client, fetcher, blocks, data, Vfs(namespace, data, started), metrics)
         finally:
             background.cancel_scope.cancel()

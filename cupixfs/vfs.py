@@ -14,7 +14,7 @@ from datetime import datetime
 
 import trio
 
-from cupixfs.data.sources import FileSource
+from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import DataStore, OpenFile
 from cupixfs.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
@@ -58,6 +58,8 @@ class Vfs:
 
     async def getattr(self, inode: int) -> Attr:
         node = self.namespace.node(inode)
+        if isinstance(node, FileNode) and isinstance(node.source, StaticFile) and node.source.live:
+            return self._attr(inode, node, None)  # a live document: never cache its size
         if isinstance(node, FileNode) and node.source is not None:
             return self._attr(inode, node, await self.data.size(node.source))
         return self._attr(inode, node, 0)
@@ -112,13 +114,19 @@ class Vfs:
             log.warning("listing: a file's size is unknown for now: %s", exc)
         return [(name, self._attr(child, node, sizes.get(child, 0))) for name, child, node in nodes]
 
-    def open(self, inode: int) -> int:
+    async def open(self, inode: int) -> tuple[int, bool]:
+        """A handle for reading *inode*, and whether the kernel must not cache its pages.
+
+        Live documents (the status file) change between opens, so they bypass the
+        page cache; remote files are immutable per version and may stay cached.
+        """
         node = self.namespace.node(inode)
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
         fh = next(self._next_fh)
-        self._handles[fh] = self.data.open(node.source)
-        return fh
+        self._handles[fh] = await self.data.open(node.source)
+        live = isinstance(node.source, StaticFile) and node.source.live
+        return fh, live
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         try:
@@ -131,7 +139,11 @@ class Vfs:
         self._handles.pop(fh, None)
 
     def xattrs(self, inode: int) -> dict[str, str]:
-        return self.namespace.node(inode).xattrs
+        node = self.namespace.node(inode)
+        if isinstance(node, FileNode) and isinstance(node.source, RemoteFile):
+            # What `cupixfs cache clear PATH` needs to find this file's blocks.
+            return dict(node.xattrs, cache_key=node.source.key)
+        return node.xattrs
 
     def inodes_of(self, source: FileSource) -> list[int]:
         """Every inode whose bytes come from *source* (a sub shows up in several places)."""

@@ -76,6 +76,8 @@ class CupixClient:
         self._policy = policy or RetryPolicy()
         self._per_page = per_page
         self._on_retry = on_retry
+        self.requests = 0
+        self.retries = 0
 
     # -- plumbing ---------------------------------------------------------
 
@@ -86,6 +88,7 @@ class CupixClient:
         """One GET with auth, retried on transient faults; redirects are not followed."""
 
         async def attempt() -> httpx.Response:
+            self.requests += 1
             try:
                 response = await self._http.get(
                     self._url(path),
@@ -98,7 +101,12 @@ class CupixClient:
             classify_status(response, what)
             return response
 
-        return await retrying(attempt, self._policy, what, self._on_retry)
+        def count_retry() -> None:
+            self.retries += 1
+            if self._on_retry is not None:
+                self._on_retry()
+
+        return await retrying(attempt, self._policy, what, count_retry)
 
     async def _get_json(self, path: str, params: dict[str, Any]) -> Json:
         what = f"GET {path}"

@@ -1,8 +1,10 @@
 """The persistent block cache: one checksummed file per block, bounded in bytes, LRU.
 
-Layout under ``<cache_dir>/blocks/``: ``<2 hex>/<sha256 of version>-<index>``.
-A version names a remote object *and* its ETag and size, so blocks of two
-versions of a file never meet. Each file starts with a 16-byte header (magic,
+Layout under ``<cache_dir>/blocks/``: ``<kk[:2]>/<kk>/<vv[:16]>-<index>``, where
+``kk`` is the sha256 of the remote file's cache key (``videos/5001``) and ``vv``
+that of its version (key, ETag and size): blocks of two versions of a file
+never meet, and everything cached of one file is one directory
+(``cupixfs cache clear PATH`` removes it). Each file starts with a 16-byte header (magic,
 length, CRC-32 of the payload): a block truncated or corrupted by a power cut
 fails the check, is deleted, and is fetched again, never served.
 
@@ -34,8 +36,19 @@ HEADER = struct.Struct("<4sIII")  # magic, payload length, crc32, reserved
 TMP_SUFFIX = ".tmp"
 
 
-def version_hash(version: str) -> str:
-    return hashlib.sha256(version.encode()).hexdigest()
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def key_of(version: str) -> str:
+    """The cache key part of a version string ``key#etag#size``."""
+    return version.split("#", 1)[0]
+
+
+def block_path(version: str, index: int) -> str:
+    """Where block *index* of *version* lives, relative to the blocks directory."""
+    kk = _sha(key_of(version))
+    return f"{kk[:2]}/{kk}/{_sha(version)[:16]}-{index}"
 
 
 def block_header(payload: bytes) -> bytes:
@@ -80,15 +93,19 @@ class DiskCache:
             os.chmod(self.root.parent, 0o700)
             os.chmod(self.root, 0o700)
             found: list[tuple[float, str, int]] = []
-            for sub in os.scandir(self.root):
-                if not sub.is_dir(follow_symlinks=False):
+            for top in os.scandir(self.root):
+                if not top.is_dir(follow_symlinks=False):
                     continue
-                for entry in os.scandir(sub.path):
-                    if entry.name.endswith(TMP_SUFFIX):  # a write cut short by a crash
-                        os.unlink(entry.path)
+                for key_dir in os.scandir(top.path):
+                    if not key_dir.is_dir(follow_symlinks=False):
                         continue
-                    st = entry.stat(follow_symlinks=False)
-                    found.append((st.st_mtime, f"{sub.name}/{entry.name}", st.st_size))
+                    for entry in os.scandir(key_dir.path):
+                        if entry.name.endswith(TMP_SUFFIX):  # a write cut short by a crash
+                            os.unlink(entry.path)
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        rel = f"{top.name}/{key_dir.name}/{entry.name}"
+                        found.append((st.st_mtime, rel, st.st_size))
         except OSError as exc:
             self._disable(exc)
             return
@@ -106,8 +123,7 @@ class DiskCache:
         return len(self._lru)
 
     def _path(self, version: str, index: int) -> tuple[str, Path]:
-        digest = version_hash(version)
-        rel = f"{digest[:2]}/{digest}-{index}"
+        rel = block_path(version, index)
         return rel, self.root / rel
 
     # -- blocking operations (run in worker threads) ------------------------------------
@@ -149,7 +165,7 @@ class DiskCache:
             self._evict(total)
         tmp = path.with_name(path.name + f".{threading.get_ident()}{TMP_SUFFIX}")
         try:
-            path.parent.mkdir(exist_ok=True, mode=0o700)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 written = os.writev(fd, [header, payload])

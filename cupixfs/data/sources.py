@@ -31,6 +31,8 @@ class StaticFile:
 
     key: str
     load: Callable[[], Awaitable[bytes]] = field(compare=False, hash=False)
+    #: Rendered anew at every open (the mount's status file), never cached.
+    live: bool = False
 
 
 FileSource = RemoteFile | StaticFile

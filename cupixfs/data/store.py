@@ -41,6 +41,8 @@ class OpenFile:
 
     source: FileSource
     readahead: ReadAhead = field(default_factory=ReadAhead)
+    #: A live document's bytes as of open(), so one handle reads one consistent snapshot.
+    snapshot: bytes | None = None
 
 
 @dataclass
@@ -113,6 +115,8 @@ class DataStore:
             self.on_change(source)
 
     async def _load_static(self, source: StaticFile) -> bytes:
+        if source.live:
+            return await source.load()
         entry = self._static.get(source.key)
         if entry is not None and entry.expires > trio.current_time():
             return entry.data
@@ -122,14 +126,19 @@ class DataStore:
 
     # -- bytes -------------------------------------------------------------
 
-    def open(self, source: FileSource) -> OpenFile:
+    async def open(self, source: FileSource) -> OpenFile:
         config = self._readahead
-        return OpenFile(source, ReadAhead(initial=config.initial, maximum=config.maximum))
+        handle = OpenFile(source, ReadAhead(initial=config.initial, maximum=config.maximum))
+        if isinstance(source, StaticFile) and source.live:
+            handle.snapshot = await source.load()
+        return handle
 
     async def read(self, handle: OpenFile | FileSource, offset: int, size: int) -> bytes:
         if not isinstance(handle, OpenFile):
             handle = OpenFile(handle)
         source = handle.source
+        if handle.snapshot is not None:
+            return handle.snapshot[offset : offset + size]
         if isinstance(source, StaticFile):
             return (await self._load_static(source))[offset : offset + size]
         for _ in range(MAX_VERSION_RESTARTS):

@@ -22,11 +22,14 @@ from cupixfs.data.sources import RemoteFile, StaticFile
 from cupixfs.errors import NotFound
 from cupixfs.namespace.names import assign_names
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
+from cupixfs.namespace.transform import transform_document
 
 META_JSON = "meta.json"
 MESH_ZIP = "mesh.zip"
 POINTCLOUD_PLY = "pointcloud.ply"
-RESERVED_IN_SUB = (META_JSON, MESH_ZIP, POINTCLOUD_PLY)
+TRANSFORM_JSON = "transform.json"
+RESERVED_IN_SUB = (META_JSON, MESH_ZIP, POINTCLOUD_PLY, TRANSFORM_JSON)
+CONTROL_DIR = ".cupixfs"
 
 
 def parse_id(name: str) -> int | None:
@@ -37,7 +40,8 @@ def parse_id(name: str) -> int | None:
 
 
 def _iso(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value else ""
+    """The API's own timestamp form: ``2023-10-30T02:35:05.544Z``."""
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else ""
 
 
 def _matrix_text(matrix: tuple[float, ...] | None) -> str:
@@ -47,9 +51,15 @@ def _matrix_text(matrix: tuple[float, ...] | None) -> str:
 class Tree:
     """Builds the directory nodes of a mount from one `CupixClient`."""
 
-    def __init__(self, client: CupixClient, started: datetime) -> None:
+    def __init__(
+        self,
+        client: CupixClient,
+        started: datetime,
+        status: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
         self._client = client
         self._started = started
+        self._status = status
         #: Ids shown in /captures and /records: pinned on the command line, or looked up.
         self.known_captures: set[int] = set()
         self.known_records: set[int] = set()
@@ -65,8 +75,31 @@ class Tree:
             ]
 
         return DirNode(
-            mtime=self._started, ctime=self._started, list_children=children, dynamic=False
+            mtime=self._started,
+            ctime=self._started,
+            list_children=children,
+            lookup_extra=self._lookup_control,
+            dynamic=False,
         )
+
+    async def _lookup_control(self, name: str) -> Node | None:
+        """``/.cupixfs/status``: reachable by path, but not listed, so ``cp -r``,
+        ``rsync`` and ``find`` of the mount never pick it up."""
+        if name != CONTROL_DIR or self._status is None:
+            return None
+        status = FileNode(
+            mtime=self._started,
+            ctime=self._started,
+            source=StaticFile(f"{CONTROL_DIR}/status", self._status, live=True),
+        )
+
+        async def children() -> Children:
+            return [("status", status)]
+
+        node = self._dir(children)
+        node.dynamic = False
+        node.hidden = True
+        return node
 
     def _dir(
         self,
@@ -205,15 +238,18 @@ class Tree:
     # -- a sub pointcloud's directory ----------------------------------------------
 
     def _sub_dirs(self, pointclouds: Iterable[Pointcloud]) -> Children:
-        """One directory per ``sub`` pointcloud, named by its id; groups carry no files."""
+        """One directory per ``sub`` pointcloud, named by its id; groups carry no files
+        (their transform goes into each sub's ``transform.json``)."""
+        pointclouds = list(pointclouds)
+        groups = {pc.id: pc for pc in pointclouds if pc.kind == "group"}
         return [
-            (str(pc.id), self._sub_dir(pc))
+            (str(pc.id), self._sub_dir(pc, groups.get(pc.parent_id or -1)))
             for pc in sorted((p for p in pointclouds if p.is_sub), key=lambda p: p.id)
         ]
 
-    def _sub_dir(self, pc: Pointcloud) -> DirNode:
+    def _sub_dir(self, pc: Pointcloud, group: Pointcloud | None) -> DirNode:
         async def children() -> Children:
-            return await self._sub_files(pc)
+            return await self._sub_files(pc, group)
 
         node = self._dir(
             children,
@@ -223,7 +259,7 @@ class Tree:
         node.xattrs = _pointcloud_xattrs(pc)
         return node
 
-    async def _sub_files(self, pc: Pointcloud) -> Children:
+    async def _sub_files(self, pc: Pointcloud, group: Pointcloud | None) -> Children:
         has_mesh, has_ply = pc.mesh_uploaded_at is not None, pc.ply_uploaded_at is not None
         if not pc.resources_known:
             kinds = {r.kind for r in await self._client.list_resources(pc.id)}
@@ -278,6 +314,24 @@ class Tree:
                     ctime=ctime,
                     xattrs=dict(xattrs, kind="meta"),
                     source=StaticFile(f"pointclouds/{pc.id}/meta.json", meta),
+                ),
+            )
+        )
+        transform = transform_document(
+            pc.id, pc.tm, pc.parent_id, group.tm if group else None, pc.wtm
+        )
+
+        async def transform_json() -> bytes:
+            return transform
+
+        children.append(
+            (
+                TRANSFORM_JSON,
+                FileNode(
+                    mtime=mtime,
+                    ctime=ctime,
+                    xattrs=dict(xattrs, kind="transform"),
+                    source=StaticFile(f"pointclouds/{pc.id}/transform.json", transform_json),
                 ),
             )
         )

@@ -25,6 +25,8 @@ class Node:
     ctime: datetime | None = None
     #: Extended attributes, without the ``user.cupix.`` prefix.
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Reachable by name but never listed (the ``.cupixfs`` control directory).
+    hidden: bool = False
 
 
 @dataclass

@@ -118,7 +118,7 @@ class Namespace:
             if node is not None:
                 inode = self._adopt(parent, name, node)
                 listing = self._listings.get(parent)
-                if listing is not None:
+                if listing is not None and not node.hidden:
                     listing.names[name] = inode
                 return inode
         raise NotFound(f"no entry {name!r}")

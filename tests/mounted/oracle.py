@@ -37,7 +37,7 @@ class Oracle:
 
     def sub_files(self, pc: dict[str, Any]) -> set[str]:
         attrs = pc["attributes"]
-        names = {attrs["name"], "meta.json"}
+        names = {attrs["name"], "meta.json", "transform.json"}
         if attrs.get("mesh_uploaded_at"):
             names.add("mesh.zip")
         if attrs.get("ply_uploaded_at"):

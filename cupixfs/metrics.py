@@ -1,0 +1,74 @@
+"""Live figures of a mount: for ``cupixfs status`` (the control file) and ``cache stats``.
+
+The counters live where the work happens (fetcher, block cache, API client,
+FUSE error mapping); this module only gathers them into one snapshot, serves
+it as ``<mount>/.cupixfs/status`` and saves it as ``<cache_dir>/last-mount.json``
+every few seconds and at unmount, so the figures survive the mount.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY = 10.0
+
+
+class Metrics:
+    """A mount's counters, gathered on demand from the layers that own them."""
+
+    def __init__(self, mountpoint: Path, cache_dir: Path, cache_size: int) -> None:
+        self.mountpoint = mountpoint
+        self.cache_dir = cache_dir
+        self.cache_size = cache_size
+        self._sources: list[Callable[[], dict[str, int]]] = []
+        self.started = time.time()
+
+    def add_source(self, source: Callable[[], dict[str, int]]) -> None:
+        """Register a function returning some of the counters (called at each snapshot)."""
+        self._sources.append(source)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        figures: dict[str, Any] = {
+            "mountpoint": str(self.mountpoint),
+            "cache_size": self.cache_size,
+            "started": self.started,
+            "updated": now,
+            "uptime_s": round(now - self.started, 1),
+        }
+        for source in self._sources:
+            figures.update(source())
+        return figures
+
+    async def render(self) -> bytes:
+        return (json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n").encode()
+
+    def save(self) -> None:
+        """Write ``last-mount.json`` (atomically; a failure is only logged)."""
+        path = self.cache_dir / "last-mount.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.snapshot(), f, indent=2, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot save %s: %s", path, exc.strerror)
+
+    async def save_periodically(self) -> None:
+        try:
+            while True:
+                await trio.sleep(SAVE_EVERY)
+                self.save()
+        finally:
+            self.save()
