@@ -17,6 +17,10 @@ class NotFound(CupixError):
     """The API does not know this id (404), or the path names nothing."""
 
 
+class NotCached(NotFound):
+    """Offline, and this listing or document was never fetched (so it is not cached)."""
+
+
 class Unavailable(CupixError):
     """The API or the storage could not be reached in time (network, 5xx, 429)."""
 

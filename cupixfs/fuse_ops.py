@@ -23,6 +23,7 @@ import trio
 from cupixfs.errors import (
     AuthError,
     CupixError,
+    NotCached,
     NotFound,
     ProtocolError,
     RemoteChanged,
@@ -114,7 +115,9 @@ class CupixOperations(pyfuse3.Operations):
         code = errno_for(exc)
         if code != errno.ENOENT:
             self.errors += 1
-        if isinstance(exc, NotFound | IsADirectory | NotADirectory):
+        if isinstance(exc, NotCached):
+            log.info("%s: %s", operation, exc)
+        elif isinstance(exc, NotFound | IsADirectory | NotADirectory):
             log.debug("%s: %s", operation, exc)
         elif isinstance(exc, AuthError):
             now = time.monotonic()

@@ -16,6 +16,7 @@ import trio
 
 from cupixfs import __version__
 from cupixfs.api.client import CupixClient
+from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config import MountConfig
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.disk_cache import DiskCache
@@ -57,8 +58,16 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         storage_client(timeout, headers, config.max_requests + 4) as blob_http,
         trio.open_nursery() as background,
     ):
-        client = CupixClient(api_http, config.api_url, config.token, policy, config.per_page)
+        offline = getattr(config, "offline", False)
+        responses = ResponseCache(config.cache_dir)
+        responses.open()
+        stat_cache.offline = offline
+        client = CupixClient(
+            api_http, config.api_url, config.token, policy, config.per_page,
+            cache=responses, offline=offline,
+        )
         fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, config.max_requests)
+        fetcher.offline = offline
         blocks = BlockCache(config.memory_cache, disk)
         blocks.background = background
         data = DataStore(

@@ -17,7 +17,8 @@ from urllib.parse import urljoin
 import httpx
 
 from cupixfs.api.models import Json, Pointcloud, Resource, Video
-from cupixfs.errors import AuthError, NotFound, ProtocolError
+from cupixfs.api.response_cache import ResponseCache
+from cupixfs.errors import AuthError, NotCached, NotFound, ProtocolError, Unavailable
 from cupixfs.retry import Retryable, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class CupixClient:
         policy: RetryPolicy | None = None,
         per_page: int | None = None,
         on_retry: Callable[[], None] | None = None,
+        cache: ResponseCache | None = None,
+        offline: bool = False,
     ) -> None:
         self._http = http
         self._base = api_url.rstrip("/") + "/"
@@ -78,6 +81,9 @@ class CupixClient:
         self._on_retry = on_retry
         self.requests = 0
         self.retries = 0
+        #: Complete responses are saved here; with *offline*, they are all we use.
+        self._cache = cache
+        self.offline = offline
 
     # -- plumbing ---------------------------------------------------------
 
@@ -119,12 +125,32 @@ class CupixClient:
             raise ProtocolError(f"{what}: response has no 'result'")
         return body
 
+    def _offline_body(self, path: str, params: dict[str, Any]) -> Any:
+        body = self._cache.load(path, params) if self._cache is not None else None
+        if body is None:
+            raise NotCached(f"offline: GET {path} was never fetched, so it is not in the cache")
+        return body
+
     async def _list_all(
         self, path: str, params: dict[str, Any], parse: Callable[[object], T]
     ) -> list[T]:
         """Every item of every page, or an error: never a partial list."""
-        what = f"GET {path}"
+        raw_items = (
+            self._offline_body(path, params)
+            if self.offline
+            else await self._fetch_all_pages(path, params)
+        )
         items: list[T] = []
+        for raw in raw_items if isinstance(raw_items, list) else []:
+            try:
+                items.append(parse(raw))
+            except ProtocolError as exc:
+                log.warning("GET %s: skipping a malformed item (%s)", path, exc)
+        return items
+
+    async def _fetch_all_pages(self, path: str, params: dict[str, Any]) -> list[Any]:
+        what = f"GET {path}"
+        items: list[Any] = []
         page = 1
         for _ in range(MAX_PAGES):
             query = dict(params, page=page)
@@ -134,14 +160,12 @@ class CupixClient:
             data = result.get("data") if isinstance(result, dict) else None
             if not isinstance(data, list):
                 raise ProtocolError(f"{what}: result.data is not a list")
-            for raw in data:
-                try:
-                    items.append(parse(raw))
-                except ProtocolError as exc:
-                    log.warning("%s: skipping a malformed item (%s)", what, exc)
+            items.extend(data)
             pagination = result.get("pagination")
             next_page = pagination.get("next_page") if isinstance(pagination, dict) else None
             if next_page is None:
+                if self._cache is not None:
+                    self._cache.save(path, params, items)
                 return items
             if not isinstance(next_page, int) or next_page <= page:
                 raise ProtocolError(f"{what}: bad next_page {next_page!r} after page {page}")
@@ -152,6 +176,8 @@ class CupixClient:
 
     async def check_auth(self) -> None:
         """Fail fast with `AuthError` if the token is wrong (used before mounting)."""
+        if self.offline:
+            return
         await self._get_json(
             "pointclouds", {"fields": "id", "pointcloud_type": "all", "page": 1, "per_page": 1}
         )
@@ -181,10 +207,13 @@ class CupixClient:
 
     async def get_meta(self, pointcloud_id: int) -> Json:
         """The ``result`` object of ``GET /pointclouds/{id}/meta``."""
-        body = await self._get_json(
-            f"pointclouds/{pointcloud_id}/meta", {"fields": POINTCLOUD_FIELDS}
-        )
-        result = body["result"]
+        path, params = f"pointclouds/{pointcloud_id}/meta", {"fields": POINTCLOUD_FIELDS}
+        if self.offline:
+            result = self._offline_body(path, params)
+        else:
+            result = (await self._get_json(path, params))["result"]
+            if self._cache is not None and isinstance(result, dict):
+                self._cache.save(path, params, result)
         if not isinstance(result, dict):
             raise ProtocolError(f"GET pointclouds/{pointcloud_id}/meta: result is not an object")
         return result
@@ -199,6 +228,8 @@ class CupixClient:
     async def resolve_download(self, path: str) -> str:
         """Follow a download endpoint's 302 one hop and return the signed URL."""
         what = f"GET {path}"
+        if self.offline:
+            raise Unavailable(f"offline: {what} needs the network")
         response = await self._send(path, {}, what)
         location = response.headers.get("location")
         if response.status_code not in (301, 302, 303, 307, 308) or not location:

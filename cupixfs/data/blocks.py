@@ -22,15 +22,15 @@ import cachetools
 import trio
 
 from cupixfs.data.disk_cache import DiskCache
-from cupixfs.errors import unwrap
+from cupixfs.errors import ProtocolError, unwrap
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 
 BlockKey = tuple[str, int]
-#: Fetches blocks ``[first, last]`` of a version and returns their bytes, concatenated.
-FetchRun = Callable[[int, int], Awaitable[bytes | bytearray]]
+#: Fetches blocks ``[first, last]`` of a version and returns them, one bytes per block.
+FetchRun = Callable[[int, int], Awaitable[list[bytes]]]
 
 
 @dataclass
@@ -197,10 +197,10 @@ class BlockCache:
     ) -> None:
         async def fetch_run(run_first: int, run_last: int) -> None:
             data = await fetch(run_first, run_last)
-            view = memoryview(data)
+            if len(data) != run_last - run_first + 1:
+                raise ProtocolError(f"expected {run_last - run_first + 1} blocks, got {len(data)}")
             fetched: list[tuple[int, bytes]] = []
-            for offset, index in enumerate(range(run_first, run_last + 1)):
-                block = bytes(view[offset * self.block_size : (offset + 1) * self.block_size])
+            for index, block in zip(range(run_first, run_last + 1), data, strict=True):
                 found[index] = block
                 self._memory[(version, index)] = block
                 fetched.append((index, block))

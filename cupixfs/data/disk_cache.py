@@ -26,6 +26,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
@@ -59,13 +60,20 @@ def encode_block(payload: bytes) -> bytes:
     return block_header(payload) + payload
 
 
-def decode_block(raw: bytes) -> bytes | None:
-    """The payload if *raw* is a whole, uncorrupted block file; None otherwise."""
-    if len(raw) < HEADER.size:
+def read_block(f: BinaryIO) -> bytes | None:
+    """The payload of an open block file if it is whole and uncorrupted; None otherwise.
+
+    Header and payload are read separately so the 1 MiB payload is not copied
+    again to strip the header.
+    """
+    header = f.read(HEADER.size)
+    if len(header) < HEADER.size:
         return None
-    magic, length, crc, _ = HEADER.unpack_from(raw)
-    payload = raw[HEADER.size :]
-    if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+    magic, length, crc, _ = HEADER.unpack(header)
+    if magic != MAGIC:
+        return None
+    payload = f.read(length + 1)  # one byte more, to notice trailing garbage
+    if len(payload) != length or zlib.crc32(payload) != crc:
         return None
     return payload
 
@@ -138,13 +146,12 @@ class DiskCache:
                 return None
             self._lru.move_to_end(rel)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            with open(path, "rb", buffering=0) as f:
+                payload = read_block(f)
         except OSError:
             self._forget(rel)
             self.misses += 1
             return None
-        payload = decode_block(raw)
         if payload is None:
             log.warning("disk cache: block %s is corrupt or truncated; fetching it again", rel)
             self.corrupt += 1

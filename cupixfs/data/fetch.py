@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import trio
@@ -19,7 +19,7 @@ import trio
 from cupixfs.api.client import retry_after
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.sources import RemoteFile
-from cupixfs.errors import NotFound, ProtocolError, RemoteChanged
+from cupixfs.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
 from cupixfs.retry import Retryable, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,40 @@ def parse_content_range(value: str | None) -> tuple[int | None, int | None, int 
 
 
 @dataclass
+class _Body:
+    """The chunks of one ranged body received so far (across resumed attempts)."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+def split_chunks(chunks: list[bytes], piece: int) -> list[bytes]:
+    """Re-cut a stream's *chunks* into pieces of *piece* bytes (the last may be shorter)."""
+    pieces: list[bytes] = []
+    parts: list[memoryview | bytes] = []
+    filled = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        position = 0
+        while position < len(chunk):
+            take = min(piece - filled, len(chunk) - position)
+            whole = position == 0 and take == len(chunk)
+            parts.append(chunk if whole else view[position : position + take])
+            filled += take
+            position += take
+            if filled == piece:
+                pieces.append(
+                    parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+                )
+                parts, filled = [], 0
+    if parts:
+        pieces.append(
+            parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        )
+    return pieces
+
+
+@dataclass
 class FetchStats:
     """Counters for `cupixfs status` and the tests."""
 
@@ -73,6 +107,8 @@ class RangeFetcher:
         self._policy = policy
         self._limit = trio.CapacityLimiter(max_requests)
         self.stats = FetchStats()
+        #: Serve only from cache: every fetch fails at once with a clear message.
+        self.offline = False
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
@@ -144,28 +180,34 @@ class RangeFetcher:
         return await retrying(attempt, self._policy, f"probe {remote.key}", self._count_retry)
 
     async def fetch(
-        self, remote: RemoteFile, start: int, end: int, etag: str | None
-    ) -> bytes | bytearray:
-        """Bytes ``[start, end)`` of *remote*, which must still carry *etag*."""
-        buf = bytearray()
+        self, remote: RemoteFile, start: int, end: int, etag: str | None, piece: int
+    ) -> list[bytes]:
+        """Bytes ``[start, end)`` of *remote* (which must still carry *etag*), cut into
+        pieces of *piece* bytes (the last may be shorter).
+
+        The body arrives in chunks that do not line up with pieces; each piece is
+        built with one join of the parts of chunks it spans, so every byte is
+        copied once here -- on a fast link, copies are what the time goes to.
+        """
+        body = _Body()
         length = end - start
 
         async def attempt() -> None:
-            position = start + len(buf)
+            position = start + body.size
             async with self._limit:
                 _url, response = await self._open(remote, position, end - 1)
-                before = len(buf)
+                before = body.size
                 try:
                     self._check(remote, response, position, end, etag)
-                    await self._read_into(response, buf, length)
+                    await self._read_into(response, body, length)
                 finally:
-                    self.stats.bytes += len(buf) - before
+                    self.stats.bytes += body.size - before
                     await response.aclose()
-            if len(buf) < length:
-                raise Retryable(f"body cut short at {start + len(buf)} of [{start}, {end})", 0.0)
+            if body.size < length:
+                raise Retryable(f"body cut short at {start + body.size} of [{start}, {end})", 0.0)
 
         await retrying(attempt, self._policy, f"read {remote.key}", self._count_retry)
-        return buf  # callers slice it into blocks; no copy of the whole run here
+        return split_chunks(body.chunks, piece)
 
     def _check(
         self, remote: RemoteFile, response: httpx.Response, first: int, end: int, etag: str | None
@@ -183,15 +225,16 @@ class RangeFetcher:
                 f"{remote.key}: Content-Range {a}-{b} does not match [{first}, {end - 1}]"
             )
 
-    async def _read_into(self, response: httpx.Response, buf: bytearray, limit: int) -> None:
-        """Append the body to *buf*; a connection cut mid-body keeps what arrived."""
+    async def _read_into(self, response: httpx.Response, body: _Body, limit: int) -> None:
+        """Collect the body's chunks; a connection cut mid-body keeps what arrived."""
         try:
             async for chunk in response.aiter_raw():
-                if len(buf) + len(chunk) > limit:
+                if body.size + len(chunk) > limit:
                     raise ProtocolError("storage sent more bytes than asked for")
-                buf += chunk
-        except httpx.TransportError as exc:  # reset or cut: resume from len(buf)
-            log.debug("body interrupted after %d bytes: %s", len(buf), type(exc).__name__)
+                body.chunks.append(chunk)
+                body.size += len(chunk)
+        except httpx.TransportError as exc:  # reset or cut: resume from body.size
+            log.debug("body interrupted after %d bytes: %s", body.size, type(exc).__name__)
 
     async def _read_body(self, response: httpx.Response, limit: int) -> bytes:
         """Up to *limit* bytes of the body (the rest, if any, is dropped with the connection)."""

@@ -162,10 +162,10 @@ class DataStore:
         bs = self._blocks.block_size
         version = _version(source, stat)
 
-        async def fetch_run(run_first: int, run_last: int) -> bytes | bytearray:
+        async def fetch_run(run_first: int, run_last: int) -> list[bytes]:
             start = run_first * bs
             stop = min((run_last + 1) * bs, stat.size)
-            return await self._fetcher.fetch(source, start, stop, stat.etag)
+            return await self._fetcher.fetch(source, start, stop, stat.etag, bs)
 
         window = handle.readahead.observe(offset, end - offset)
         if window and self.background is not None:

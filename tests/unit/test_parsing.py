@@ -96,3 +96,40 @@ def test_pointcloud_item() -> None:
     assert pc.is_sub and pc.cluster_id == 3416 and pc.parent_id == 5309
     assert pc.resources_known and pc.mesh_uploaded_at is None
     assert pc.tm is not None and len(pc.tm) == 16
+
+
+def test_split_chunks_recuts_without_losing_bytes() -> None:
+    import random
+
+    from cupixfs.data.fetch import split_chunks
+
+    rng = random.Random(5)
+    for _ in range(200):
+        data = rng.randbytes(rng.randrange(0, 5000))
+        chunks, position = [], 0
+        while position < len(data):
+            step = rng.randrange(1, 900)
+            chunks.append(data[position : position + step])
+            position += step
+        piece = rng.randrange(1, 1200)
+        pieces = split_chunks(chunks, piece)
+        assert b"".join(pieces) == data
+        assert all(len(p) == piece for p in pieces[:-1])
+        assert all(isinstance(p, bytes) for p in pieces)
+
+
+def test_block_files_detect_corruption() -> None:
+    import io
+
+    from cupixfs.data.disk_cache import encode_block, read_block
+
+    payload = bytes(range(256)) * 100
+    raw = encode_block(payload)
+    assert read_block(io.BytesIO(raw)) == payload
+    assert read_block(io.BytesIO(raw[:-1])) is None  # truncated
+    assert read_block(io.BytesIO(raw + b"x")) is None  # trailing garbage
+    flipped = bytearray(raw)
+    flipped[100] ^= 1
+    assert read_block(io.BytesIO(bytes(flipped))) is None
+    assert read_block(io.BytesIO(b"XXXX" + raw[4:])) is None
+    assert read_block(io.BytesIO(b"")) is None

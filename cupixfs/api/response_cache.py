@@ -1,0 +1,59 @@
+"""API list and meta responses, kept on disk so ``--offline`` can browse what was seen.
+
+Every complete listing (all pages) and every meta document the API returned is
+saved under ``<cache_dir>/api/`` keyed by the call (path and query, without
+paging). They hold what the API said about captures and pointclouds -- never
+the token, and never a signed URL (those are not part of these responses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PAGING = {"page", "per_page"}
+
+
+class ResponseCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "api"
+        self.enabled = True
+
+    def open(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            log.warning("API response cache disabled (%s)", exc.strerror)
+            self.enabled = False
+
+    def _path(self, path: str, params: dict[str, Any]) -> Path:
+        query = sorted((k, str(v)) for k, v in params.items() if k not in _PAGING)
+        digest = hashlib.sha256(json.dumps([path, query]).encode()).hexdigest()[:32]
+        return self.root / f"{digest}.json"
+
+    def load(self, path: str, params: dict[str, Any]) -> Any | None:
+        if not self.enabled:
+            return None
+        try:
+            return json.loads(self._path(path, params).read_text())["body"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, path: str, params: dict[str, Any], body: Any) -> None:
+        if not self.enabled:
+            return
+        target = self._path(path, params)
+        tmp = target.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"path": path, "body": body}, f)
+            os.replace(tmp, target)
+        except (OSError, TypeError, ValueError) as exc:
+            log.debug("cannot save an API response: %s", exc)
