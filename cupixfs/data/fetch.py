@@ -116,6 +116,9 @@ class RangeFetcher:
     async def _open(
         self, remote: RemoteFile, first: int, last: int | None
     ) -> tuple[str, httpx.Response]:
+        if self.offline:
+            end = "end" if last is None else last
+            raise Unavailable(f"offline: {remote.key} bytes {first}-{end} are not in the cache")
         url = await self._urls.get(remote)
         rng = f"bytes={first}-{'' if last is None else last}"
         request = self._http.build_request(
