@@ -98,7 +98,12 @@ def mounter(fake: FakeServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     mounts: list[Mount] = []
 
     @contextmanager
-    def mount(*extra: str, cache_dir: Path | None = None, token: str = TOKEN) -> Iterator[Mount]:
+    def mount(
+        *extra: str,
+        cache_dir: Path | None = None,
+        token: str = TOKEN,
+        server: FakeServer | None = None,
+    ) -> Iterator[Mount]:
         path = tmp_path / f"mnt{len(mounts)}"
         path.mkdir()
         log = tmp_path / f"mount{len(mounts)}.log"
@@ -107,7 +112,7 @@ def mounter(fake: FakeServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
             "mount",
             str(path),
             "--api-url",
-            fake.api_url,
+            (server or fake).api_url,
             "--foreground",
             "--cache-dir",
             str(cache),

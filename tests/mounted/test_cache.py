@@ -1,0 +1,129 @@
+"""The persistent block cache and read-ahead, observed from the server's side."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cupixfs.fake.sample import CaptureSpec, SampleSpec, generate
+from cupixfs.fake.server import FakeServer
+from tests.conftest import TOKEN
+from tests.mounted.helpers import sha256_of
+
+MiB = 1 << 20
+BIG = SampleSpec(name="cache-tests", captures=(CaptureSpec("big", (24 * MiB + 5, 6 * MiB + 1)),))
+
+
+@pytest.fixture(scope="module")
+def big_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server with files large enough for read-ahead and block counting to show."""
+    data = tmp_path_factory.mktemp("big-data")
+    generate(BIG, data)
+    with FakeServer(data, token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def big(big_server: FakeServer) -> tuple[FakeServer, dict[str, Any]]:
+    big_server.faults.reset()
+    big_server.stats.reset()
+    return big_server, httpx.get(big_server.base_url + "/_fake/dataset").json()
+
+
+def _largest_video(dataset: dict[str, Any]) -> dict[str, Any]:
+    return max(dataset["videos"], key=lambda v: v["file"]["size"])
+
+
+def _video_path(root: Path, video: dict[str, Any]) -> Path:
+    return root / "captures" / str(video["capture_id"]) / "videos" / video["attributes"]["name"]
+
+
+def _drop_kernel_cache() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def test_a_remount_reads_cached_data_with_zero_blob_requests(
+    mounter: Any, fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    video = _largest_video(dataset)
+    cache = tmp_path / "shared-cache"
+    capture = str(video["capture_id"])
+    with mounter("--capture", capture, cache_dir=cache) as m:
+        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+        os.listdir(m.path / "captures" / capture / "videos")  # sizes of every video
+    fake.stats.reset()
+    _drop_kernel_cache()
+    with mounter("--capture", capture, cache_dir=cache) as m:
+        names = os.listdir(m.path / "captures" / capture / "videos")
+        for name in names:
+            os.stat(m.path / "captures" / capture / "videos" / name)
+        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+    stats = fake.stats.snapshot()
+    assert stats["blob_requests"] == 0 and stats["blob_bytes"] == 0
+    assert os.stat(cache).st_mode & 0o777 == 0o700
+
+
+def test_the_disk_cache_never_exceeds_its_bound(
+    mounter: Any, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    cache = tmp_path / "small-cache"
+    bound = 3 * MiB
+    videos = sorted(dataset["videos"], key=lambda v: -v["file"]["size"])[:4]
+    with mounter("--cache-size", str(bound), cache_dir=cache) as m:
+        for video in videos:
+            assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+            on_disk = sum(f.stat().st_size for f in (cache / "blocks").rglob("*") if f.is_file())
+            assert on_disk <= bound + MiB + 64  # at most one block beyond, while it is written
+    on_disk = sum(f.stat().st_size for f in (cache / "blocks").rglob("*") if f.is_file())
+    assert 0 < on_disk <= bound
+
+
+def test_random_reads_fetch_only_nearby_blocks(
+    mounter: Any, big: tuple[FakeServer, dict[str, Any]]
+) -> None:
+    server, dataset = big
+    video = _largest_video(dataset)
+    size = video["file"]["size"]
+    expected = (server.dataset.dir / "blobs" / video["file"]["blob_id"]).read_bytes()
+    with mounter("--capture", str(video["capture_id"]), server=server) as m:
+        path = _video_path(m.path, video)
+        assert os.stat(path).st_size == size, (m.log_text(), os.listdir(path.parent))
+        server.stats.reset()
+        rng = random.Random(7)
+        offsets = [rng.randrange(2 * MiB, size - 4096) for _ in range(3)]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for offset in offsets:
+                assert os.pread(fd, 4096, offset) == expected[offset : offset + 4096]
+        finally:
+            os.close(fd)
+    served = server.stats.snapshot()["blob_bytes"]
+    # Each random 4 KiB read costs at most its own 1 MiB block and the next one
+    # (the kernel's readahead can spill over a block boundary): far below the file.
+    assert served <= len(offsets) * 2 * MiB
+    assert served < size
+
+
+def test_sequential_reads_are_fetched_ahead_in_large_parts(
+    mounter: Any, big: tuple[FakeServer, dict[str, Any]]
+) -> None:
+    server, dataset = big
+    video = _largest_video(dataset)
+    with mounter("--capture", str(video["capture_id"]), server=server) as m:
+        path = _video_path(m.path, video)
+        os.stat(path)
+        server.stats.reset()
+        assert sha256_of(path) == video["file"]["sha256"]
+        status = (m.path / ".cupixfs" / "status").read_text()
+    stats = server.stats.snapshot()
+    # 24 MiB read through read-ahead: a handful of multi-block GETs, each byte once.
+    assert stats["blob_bytes"] <= video["file"]["size"]
+    assert stats["blob_requests"] <= 12
+    assert '"prefetched": 0' not in status
