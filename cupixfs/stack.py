@@ -19,7 +19,7 @@ from cupixfs.api.client import CupixClient
 from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config import MountConfig
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.disk_cache import DiskCache
+from cupixfs.data.disk_cache import DiskCache, default_cache_size
 from cupixfs.data.fetch import RangeFetcher
 from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
@@ -48,6 +48,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     policy = RetryPolicy(deadline=config.timeout, attempt_timeout=min(15.0, config.timeout))
     timeout = httpx.Timeout(policy.attempt_timeout)
     headers = {"User-Agent": f"cupixfs/{__version__}"}
+    if config.cache_size <= 0:  # "auto": a fraction of the free space
+        config.cache_size = default_cache_size(config.cache_dir)
     disk = DiskCache(config.cache_dir, config.cache_size)
     stat_cache = StatCache(config.cache_dir, ttl=3600.0)
     await trio.to_thread.run_sync(disk.open)

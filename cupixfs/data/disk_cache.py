@@ -78,6 +78,27 @@ def read_block(f: BinaryIO) -> bytes | None:
     return payload
 
 
+MIN_AUTO_SIZE = 256 << 20
+MAX_AUTO_SIZE = 20 << 30
+
+
+def default_cache_size(cache_dir: Path) -> int:
+    """A tenth of the free space where the cache lives, between 256 MiB and 20 GiB.
+
+    Big enough to hold a few site captures, small enough never to fill a laptop's
+    disk on its own (the size is fixed at mount time, not re-read).
+    """
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return MIN_AUTO_SIZE
+    free = st.f_bavail * st.f_frsize
+    return max(MIN_AUTO_SIZE, min(MAX_AUTO_SIZE, free // 10))
+
+
 class DiskCache:
     """Blocks on disk, bounded by *max_bytes*, least recently used evicted first."""
 
