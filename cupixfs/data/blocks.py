@@ -177,15 +177,13 @@ class BlockCache:
         try:
             missing = claimed
             if self.disk is not None and self.disk.enabled:
-                missing = []
-                for index in claimed:
-                    data = await self.disk.get(version, index)
-                    if data is None:
-                        missing.append(index)
-                    else:
-                        found[index] = data
-                        self._memory[(version, index)] = data
-                        self.stats.disk_hits += 1
+                on_disk = await self.disk.get_many(version, claimed)
+                for index, data in on_disk.items():
+                    found[index] = data
+                    self._memory[(version, index)] = data
+                    self._wake(version, index, data)
+                self.stats.disk_hits += len(on_disk)
+                missing = [index for index in claimed if index not in on_disk]
             if missing:
                 await self._fetch(version, missing, fetch, found)
         finally:
@@ -233,8 +231,7 @@ class BlockCache:
 
         async def write() -> None:
             try:
-                for index, block in blocks:
-                    await disk.put(version, index, block)
+                await disk.put_many(version, blocks)
             finally:
                 self._write_queue.release()
 
@@ -246,8 +243,7 @@ class BlockCache:
             else:
                 self.background.start_soon(write)
                 return
-        for index, block in blocks:
-            await disk.put(version, index, block)
+        await disk.put_many(version, blocks)
 
     def drop_version(self, version: str) -> None:
         """Forget every in-memory block of one version (the remote file changed)."""

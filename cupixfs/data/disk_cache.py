@@ -254,11 +254,30 @@ class DiskCache:
 
     # -- async front ---------------------------------------------------------------------
 
-    async def get(self, version: str, index: int) -> bytes | None:
-        if not self.enabled:
-            return None
-        return await trio.to_thread.run_sync(self.get_sync, version, index)
+    # One thread hop per batch, not per block: handing a job to a worker thread
+    # costs about as much as reading a cached 1 MiB block.
 
-    async def put(self, version: str, index: int, payload: bytes) -> None:
-        if self.enabled:
-            await trio.to_thread.run_sync(self.put_sync, version, index, payload)
+    async def get_many(self, version: str, indices: list[int]) -> dict[int, bytes]:
+        """The blocks of *indices* that are on disk and intact."""
+        if not self.enabled or not indices:
+            return {}
+
+        def read_all() -> dict[int, bytes]:
+            found = {}
+            for index in indices:
+                payload = self.get_sync(version, index)
+                if payload is not None:
+                    found[index] = payload
+            return found
+
+        return await trio.to_thread.run_sync(read_all)
+
+    async def put_many(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
+        if not self.enabled or not blocks:
+            return
+
+        def write_all() -> None:
+            for index, payload in blocks:
+                self.put_sync(version, index, payload)
+
+        await trio.to_thread.run_sync(write_all)
