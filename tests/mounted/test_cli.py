@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cupixfs.fake.server import FakeServer
-from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env, wait_for_mount
+from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env
 
 
 def _run(*args: str, token: str = TOKEN, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -91,47 +91,21 @@ def test_unmount_of_something_not_mounted_is_a_clear_error(tmp_path: Path) -> No
     assert result.returncode == 2 and "cannot unmount" in result.stderr
 
 
-def test_sigterm_unmounts_cleanly(fake: FakeServer, tmp_path: Path) -> None:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    log = tmp_path / "log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            cupixfs_cmd("mount", str(mountpoint), "--api-url", fake.api_url, "--foreground"),
-            env=mount_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_mount(mountpoint, process, log)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-        assert not os.path.ismount(mountpoint)
-        assert "Traceback" not in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        force_unmount(mountpoint)
+def test_sigterm_unmounts_cleanly(mounter: Any) -> None:
+    with mounter() as m:
+        m.process.send_signal(signal.SIGTERM)
+        assert m.process.wait(timeout=15) == 0
+        assert not os.path.ismount(m.path)
+        assert "Traceback" not in m.log_text()
 
 
-def test_a_stale_mount_is_cleaned_up(fake: FakeServer, tmp_path: Path) -> None:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    log = tmp_path / "log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            cupixfs_cmd("mount", str(mountpoint), "--api-url", fake.api_url, "--foreground"),
-            env=mount_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_mount(mountpoint, process, log)
-        process.kill()  # a crash: the mount stays, but nobody serves it
-        process.wait()
-        assert os.path.ismount(mountpoint)
-        result = _run("mount", str(mountpoint), "--api-url", fake.api_url)
-        assert result.returncode == 0, result.stderr
-        assert sorted(os.listdir(mountpoint)) == ["captures", "clusters", "records"]
-    finally:
-        force_unmount(mountpoint)
+def test_a_stale_mount_is_cleaned_up(mounter: Any, fake: FakeServer) -> None:
+    with mounter() as m:
+        m.process.kill()  # a crash: the mount stays, but nobody serves it
+        m.process.wait()
+        try:
+            result = _run("mount", str(m.path), "--api-url", fake.api_url)
+            assert result.returncode == 0, result.stderr
+            assert sorted(os.listdir(m.path)) == ["captures", "clusters", "records"]
+        finally:
+            force_unmount(m.path)
