@@ -1,0 +1,612 @@
+"""The benchmark figures: each is a function from a :class:`Context` to a :class:`Row`.
+
+Measurements shared by several rows (curl and cupixfs on the 512 MiB video, the rclone reads)
+are memoised in the context, so every row of one run quotes the same numbers and ``--only``
+still measures whatever a row depends on. Every cold measurement starts from a fresh mount,
+a fresh cache directory and a dropped page cache, with the server's blob files read back into
+memory (see :func:`harness.cold`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import netns
+from harness import (
+    BenchError,
+    Janitor,
+    MiB,
+    Mount,
+    Server,
+    Transfer,
+    cold,
+    cupixfs_mount,
+    curl_read,
+    dd_read,
+    drop_caches,
+    fake_server,
+    fresh_dir,
+    rclone_mount,
+    read_timeout,
+    timed,
+    vm_hwm,
+)
+from report import Row
+
+T = TypeVar("T")
+
+#: Latency the fake server adds before every response in ``ls_l_120`` and ``shaped``.
+LATENCY_S = 0.02
+
+
+# --------------------------------------------------------------------------------------------
+# What the bench data set holds, and where it appears in the mount
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    blob_id: str
+    size: int
+    mount_path: str  # relative to the mount root
+    api_path: str  # the API route answering 302 to its signed URL
+    plain_name: str  # its name under the fake server's /plain/ index
+
+
+@dataclass(frozen=True)
+class BenchData:
+    captures: tuple[int, ...]
+    video_512: Blob
+    video_2g: Blob
+    many_capture: int
+    many_count: int
+    mesh: Blob
+    cpc_cluster: int
+    cpcs: tuple[Blob, ...]
+
+    @classmethod
+    def from_model(cls, model: dict[str, Any]) -> BenchData:
+        """Find the bench profile's files in ``GET /_fake/dataset``."""
+        captures = {c["name"]: c for c in model["captures"]}
+        clusters = {c["name"]: c for c in model["clusters"]}
+        videos = {v["id"]: v for v in model["videos"]}
+        pcs = {p["id"]: p for p in model["pointclouds"]}
+        try:
+            large, many = captures["large"], captures["many"]
+            big_mesh, many_subs = clusters["Big mesh"], clusters["Many subs"]
+        except KeyError as exc:
+            raise BenchError(f"the data set is not the bench profile (no {exc})") from None
+
+        def video(vid: int) -> Blob:
+            v = videos[vid]
+            path = f"captures/{v['capture_id']}/videos/{v['attributes']['name']}"
+            f = v["file"]
+            return Blob(f["blob_id"], f["size"], path, f"/videos/{vid}/download", f["plain_name"])
+
+        def sub_file(cluster: dict[str, Any], sub_id: int, kind: str) -> Blob:
+            pc = pcs[sub_id]
+            f = pc["files"][kind]
+            if kind == "cpc":
+                name, api = pc["attributes"]["name"], f"/pointclouds/{sub_id}/download"
+            else:
+                name, api = "mesh.zip", f"/pointclouds/{sub_id}/resources/mesh/download"
+            path = f"clusters/{cluster['id']}/{sub_id}/{name}"
+            return Blob(f["blob_id"], f["size"], path, api, f["plain_name"])
+
+        large_videos = sorted((video(v) for v in large["video_ids"]), key=lambda b: b.size)
+        mesh_sub = next(s for s in big_mesh["sub_ids"] if pcs[s]["files"]["mesh"])
+        return cls(
+            captures=(large["id"], many["id"]),
+            video_512=large_videos[0],
+            video_2g=large_videos[-1],
+            many_capture=many["id"],
+            many_count=len(many["video_ids"]),
+            mesh=sub_file(big_mesh, mesh_sub, "mesh"),
+            cpc_cluster=many_subs["id"],
+            cpcs=tuple(sub_file(many_subs, s, "cpc") for s in many_subs["sub_ids"]),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The context
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    janitor: Janitor
+    server: Server
+    data: BenchData
+    work: Path
+    repeat: int = 1
+    memo: dict[str, tuple[bool, Any]] = field(default_factory=dict)
+    #: Every sample behind a median, by measurement (written to results.json).
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    def once(self, key: str, measure: Callable[[], T]) -> T:
+        """``measure()`` the first time; its value (or its error) every later time."""
+        if key not in self.memo:
+            try:
+                self.memo[key] = (True, measure())
+            except BenchError as exc:
+                self.memo[key] = (False, str(exc))
+        ok, value = self.memo[key]
+        if not ok:
+            raise BenchError(value)
+        return value  # type: ignore[no-any-return]
+
+    def files(self, *blobs: Blob) -> list[Path]:
+        return [self.server.blob_file(b.blob_id) for b in blobs]
+
+    @contextlib.contextmanager
+    def cupixfs(
+        self,
+        name: str,
+        cache: Path | None = None,
+        server: Server | None = None,
+    ) -> Iterator[Mount]:
+        """A cupixfs mount under ``work/name``; a fresh cache directory unless ``cache``."""
+        base = self.work / name
+        cache = cache or fresh_dir(base / "cache")
+        log = base / "cupixfs.log"
+        base.mkdir(parents=True, exist_ok=True)
+        with cupixfs_mount(
+            self.janitor, server or self.server, base / "mnt", cache, log, self.data.captures
+        ) as mount:
+            yield mount
+
+    def median(self, samples: list[float]) -> float:
+        return statistics.median(samples)
+
+
+def _cleanup(work: Path) -> None:
+    """Delete a figure's caches, copies and mountpoint (keeping its logs), unless mounted."""
+    if not work.is_dir():
+        return
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1].startswith(str(work.resolve())) for line in f):
+            return
+    for child in work.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared measurements
+# --------------------------------------------------------------------------------------------
+
+
+def curl_512(ctx: Context) -> float:
+    def measure() -> float:
+        url = ctx.server.signed_url(ctx.data.video_512.api_path)
+        samples = []
+        for _ in range(ctx.repeat):
+            cold(ctx.files(ctx.data.video_512))
+            samples.append(curl_read(url, ctx.data.video_512.size).mb_s)
+        ctx.say(f"curl on the signed URL: {_mbs(samples)}")
+        ctx.samples["curl_mb_s"] = samples
+        return ctx.median(samples)
+
+    return ctx.once("curl_512", measure)
+
+
+def cupixfs_cold_512(ctx: Context) -> float:
+    def measure() -> float:
+        blob = ctx.data.video_512
+        samples = []
+        for _ in range(ctx.repeat):
+            with ctx.cupixfs("cold_seq") as mount:
+                cold(ctx.files(blob))
+                samples.append(dd_read(mount.path / blob.mount_path, blob.size).mb_s)
+        ctx.say(f"cupixfs cold read: {_mbs(samples)}")
+        ctx.samples["cupixfs_cold_mb_s"] = samples
+        return ctx.median(samples)
+
+    try:
+        return ctx.once("cupixfs_cold_512", measure)
+    finally:
+        _cleanup(ctx.work / "cold_seq")
+
+
+def rclone_off(ctx: Context) -> float:
+    def measure() -> float:
+        blob = ctx.data.video_512
+        base = ctx.work / "rclone_off"
+        samples = []
+        try:
+            for _ in range(ctx.repeat):
+                cache = fresh_dir(base / "cache")
+                with rclone_mount(
+                    ctx.janitor, ctx.server, base / "mnt", cache, base / "rclone.log", "off"
+                ) as mount:
+                    cold(ctx.files(blob))
+                    samples.append(dd_read(mount.path / blob.plain_name, blob.size).mb_s)
+        finally:
+            _cleanup(base)
+        ctx.say(f"rclone --vfs-cache-mode off: {_mbs(samples)}")
+        ctx.samples["rclone_off_mb_s"] = samples
+        return ctx.median(samples)
+
+    return ctx.once("rclone_off", measure)
+
+
+@dataclass(frozen=True)
+class RcloneFull:
+    cold_mb_s: float
+    warm_mb_s: float
+    warm_plain_bytes: list[int]
+
+
+def rclone_full(ctx: Context) -> RcloneFull:
+    """Cold read with a fresh cache, then remount on the same cache, drop, read again."""
+
+    def measure() -> RcloneFull:
+        blob = ctx.data.video_512
+        base = ctx.work / "rclone_full"
+        cold_s, warm_s, sent = [], [], []
+        try:
+            for _ in range(ctx.repeat):
+                cache = fresh_dir(base / "cache")
+                log = base / "rclone.log"
+                with rclone_mount(ctx.janitor, ctx.server, base / "mnt", cache, log, "full") as m:
+                    cold(ctx.files(blob))
+                    cold_s.append(dd_read(m.path / blob.plain_name, blob.size).mb_s)
+                with rclone_mount(ctx.janitor, ctx.server, base / "mnt", cache, log, "full") as m:
+                    drop_caches()
+                    ctx.server.reset_stats()
+                    warm_s.append(dd_read(m.path / blob.plain_name, blob.size).mb_s)
+                    sent.append(int(ctx.server.stats()["plain_bytes"]))
+        finally:
+            _cleanup(base)
+        ctx.say(f"rclone --vfs-cache-mode full: cold {_mbs(cold_s)}, warm {_mbs(warm_s)}")
+        ctx.samples["rclone_full_cold_mb_s"] = cold_s
+        ctx.samples["rclone_full_warm_mb_s"] = warm_s
+        return RcloneFull(ctx.median(cold_s), ctx.median(warm_s), sent)
+
+    return ctx.once("rclone_full", measure)
+
+
+def cupixfs_warm_512(ctx: Context) -> tuple[float, float, list[int]]:
+    """cupixfs: cold read, then (per repeat) remount on the same cache, drop, read again."""
+
+    def measure() -> tuple[float, float, list[int]]:
+        blob = ctx.data.video_512
+        base = ctx.work / "warm_remount"
+        warm_s, sent = [], []
+        try:
+            cache = fresh_dir(base / "cache")
+            with ctx.cupixfs("warm_remount", cache) as mount:
+                cold(ctx.files(blob))
+                cold_read = dd_read(mount.path / blob.mount_path, blob.size).mb_s
+            for _ in range(ctx.repeat):
+                with ctx.cupixfs("warm_remount", cache) as mount:
+                    drop_caches()
+                    ctx.server.reset_stats()
+                    warm_s.append(dd_read(mount.path / blob.mount_path, blob.size).mb_s)
+                    sent.append(int(ctx.server.stats()["blob_bytes"]))
+        finally:
+            _cleanup(base)
+        ctx.say(f"cupixfs: first read {cold_read:.0f} MB/s, after remount {_mbs(warm_s)}")
+        ctx.samples["cupixfs_warm_mb_s"] = warm_s
+        return cold_read, ctx.median(warm_s), sent
+
+    return ctx.once("cupixfs_warm_512", measure)
+
+
+def _mbs(samples: list[float]) -> str:
+    return ", ".join(f"{s:.0f}" for s in samples) + " MB/s"
+
+
+def _try(label: str, measure: Callable[[], T], errors: list[str]) -> T | None:
+    """``measure()``, or None with ``label: error`` added to ``errors``."""
+    try:
+        return measure()
+    except BenchError as exc:
+        errors.append(f"{label}: {exc}")
+        return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def cold_seq(ctx: Context) -> Row:
+    row = Row("cold_seq", "MB/s", baseline_label="curl", target="≥ 0.45, > both rclone")
+    errors: list[str] = []
+    row.baseline = _try("curl", lambda: curl_512(ctx), errors)
+    row.value = _try("cupixfs", lambda: cupixfs_cold_512(ctx), errors)
+    row.ratio = _ratio(row.value, row.baseline)
+    off = _try("rclone off", lambda: rclone_off(ctx), errors)
+    full = _try("rclone full", lambda: rclone_full(ctx), errors)
+    full_cold = full.cold_mb_s if full else None
+    if row.ratio is not None and off is not None and full_cold is not None:
+        assert row.value is not None
+        row.passed = row.ratio >= 0.45 and row.value > max(off, full_cold)
+    row.details = {"rclone_off_mb_s": off, "rclone_full_cold_mb_s": full_cold}
+    if off is not None and full_cold is not None:
+        row.notes.append(f"rclone cold: off {off:.0f} MB/s, full {full_cold:.0f} MB/s")
+    row.error = "; ".join(errors) or None
+    return row
+
+
+def _vs_rclone(
+    ctx: Context,
+    name: str,
+    theirs: Callable[[], float],
+    mine: Callable[[], float],
+    target: float,
+    target_text: str,
+) -> Row:
+    """A row comparing a cupixfs read with one rclone mode: cupixfs ÷ rclone vs ``target``."""
+    row = Row(name, "MB/s", baseline_label="rclone", target=target_text)
+    errors: list[str] = []
+    row.baseline = _try("rclone", theirs, errors)
+    curl = _try("curl", lambda: curl_512(ctx), errors)
+    row.value = _try("cupixfs", mine, errors)
+    row.ratio = _ratio(row.value, row.baseline)
+    if row.ratio is not None:
+        row.passed = row.ratio >= target if "≥" in target_text else row.ratio > target
+    if row.baseline is not None and curl:
+        row.notes.append(f"rclone reads at {row.baseline / curl:.2f} x curl")
+    row.error = "; ".join(errors) or None
+    return row
+
+
+def rclone_off_row(ctx: Context) -> Row:
+    return _vs_rclone(
+        ctx, "rclone_off", lambda: rclone_off(ctx), lambda: cupixfs_cold_512(ctx), 1, "> 1"
+    )
+
+
+def rclone_full_cold_row(ctx: Context) -> Row:
+    return _vs_rclone(
+        ctx,
+        "rclone_full_cold",
+        lambda: rclone_full(ctx).cold_mb_s,
+        lambda: cupixfs_cold_512(ctx),
+        1,
+        "> 1",
+    )
+
+
+def rclone_full_warm_row(ctx: Context) -> Row:
+    row = _vs_rclone(
+        ctx,
+        "rclone_full_warm",
+        lambda: rclone_full(ctx).warm_mb_s,
+        lambda: cupixfs_warm_512(ctx)[1],
+        2,
+        "≥ 2 (= warm_remount)",
+    )
+    if row.baseline is not None:
+        sent = rclone_full(ctx).warm_plain_bytes
+        row.notes.append(f"rclone sent {_mib(sent)} during its warm read")
+    return row
+
+
+def warm_remount(ctx: Context) -> Row:
+    first, warm, sent = cupixfs_warm_512(ctx)
+    row = Row("warm_remount", "MB/s", value=warm, baseline_label="rclone full warm", target="≥ 2")
+    row.details = {"first_read_mb_s": first, "warm_blob_bytes": sent}
+    row.notes.append(
+        f"first read {first:.0f} MB/s; server blob_bytes during the warm read: {_mib(sent)}"
+        " (0 once the persistent cache works)"
+    )
+    errors: list[str] = []
+    full = _try("rclone full", lambda: rclone_full(ctx), errors)
+    if full is not None:
+        row.baseline = full.warm_mb_s
+        row.ratio = _ratio(warm, full.warm_mb_s)
+        row.passed = None if row.ratio is None else row.ratio >= 2
+    row.error = "; ".join(errors) or None
+    return row
+
+
+def shaped(ctx: Context) -> Row:
+    """400 Mbit/s and 20 ms per response, server in a network namespace."""
+    blob = ctx.data.video_512
+    row = Row("shaped", "MB/s", baseline_label="curl", target="≥ 0.95")
+    base = ctx.work / "shaped"
+    base.mkdir(parents=True, exist_ok=True)
+    curl_s: list[float] = []
+    mine_s: list[float] = []
+    try:
+        with (
+            netns.shaped_link(ctx.janitor) as ns,
+            fake_server(
+                ctx.janitor, ctx.server.data_dir, base / "server.log", host=netns.NS_ADDR, netns=ns
+            ) as server,
+        ):
+            server.set_faults(latency_s=LATENCY_S)
+            url = server.signed_url(blob.api_path)
+            for _ in range(ctx.repeat):
+                cold(ctx.files(blob))
+                curl_s.append(curl_read(url, blob.size).mb_s)
+                with ctx.cupixfs("shaped", server=server) as mount:
+                    cold(ctx.files(blob))
+                    mine_s.append(dd_read(mount.path / blob.mount_path, blob.size).mb_s)
+            ctx.say(f"shaped link: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
+            ctx.samples["shaped_curl_mb_s"] = curl_s
+            ctx.samples["shaped_cupixfs_mb_s"] = mine_s
+    finally:
+        _cleanup(base)
+    row.baseline = ctx.median(curl_s)
+    row.value = ctx.median(mine_s)
+    row.ratio = _ratio(row.value, row.baseline)
+    row.passed = None if row.ratio is None else row.ratio >= 0.95
+    row.notes.append("400 Mbit/s tbf on the server's egress, +20 ms per response")
+    return row
+
+
+_UNZIP_TOTAL = re.compile(r"^\s*(\d+)\s+(\d+) files?\s*$", re.MULTILINE)
+
+
+def unzip_l(ctx: Context) -> Row:
+    blob = ctx.data.mesh
+    row = Row("unzip_l", "MiB", target="≤ 2 MiB")
+    try:
+        with ctx.cupixfs("unzip_l") as mount:
+            cold(ctx.files(blob))
+            ctx.server.reset_stats()
+            seconds, done = timed(["unzip", "-l", str(mount.path / blob.mount_path)], 300)
+            stats = ctx.server.stats()
+    finally:
+        _cleanup(ctx.work / "unzip_l")
+    match = _UNZIP_TOTAL.search(done.stdout)
+    if not match:
+        raise BenchError(f"cannot parse the end of unzip -l: {done.stdout.strip()[-200:]!r}")
+    row.value = stats["blob_bytes"] / MiB
+    row.passed = row.value <= 2
+    row.details = {
+        "entries": int(match[2]),
+        "blob_requests": stats["blob_requests"],
+        "api_requests": stats["api_requests"],
+        "seconds": seconds,
+    }
+    row.notes.append(
+        f"{match[2]} entries listed in {seconds:.2f} s with {stats['blob_requests']} blob"
+        f" and {stats['api_requests']} API requests"
+    )
+    return row
+
+
+def ls_l_120(ctx: Context) -> Row:
+    path_rel = f"captures/{ctx.data.many_capture}/videos"
+    row = Row("ls_l_120", "s", target="≤ 1 s")
+    try:
+        with ctx.cupixfs("ls_l_120") as mount:
+            ctx.server.set_faults(latency_s=LATENCY_S)
+            try:
+                ctx.server.reset_stats()
+                seconds, done = timed(["ls", "-l", str(mount.path / path_rel)], 300)
+                stats = ctx.server.stats()
+            finally:
+                ctx.server.reset_faults()
+    finally:
+        _cleanup(ctx.work / "ls_l_120")
+    entries = [line for line in done.stdout.splitlines() if line.startswith("-")]
+    if len(entries) != ctx.data.many_count:
+        raise BenchError(f"ls -l listed {len(entries)} files, expected {ctx.data.many_count}")
+    row.value = seconds
+    row.passed = seconds <= 1
+    row.details = {k: stats[k] for k in ("api_requests", "blob_requests", "api_by_route")}
+    row.notes.append(
+        f"+20 ms per response; {stats['api_requests']} API and {stats['blob_requests']}"
+        " blob requests"
+    )
+    return row
+
+
+def rss_2g(ctx: Context) -> Row:
+    blob = ctx.data.video_2g
+    row = Row("rss_2g", "MiB", target="≤ 200 MiB")
+    try:
+        with ctx.cupixfs("rss_2g") as mount:
+            cold(ctx.files(blob))
+            transfer = dd_read(mount.path / blob.mount_path, blob.size)
+            peak = vm_hwm(mount.pid)
+    finally:
+        _cleanup(ctx.work / "rss_2g")
+    row.value = peak / MiB
+    row.passed = row.value <= 200
+    row.details = {"mb_s": transfer.mb_s}
+    row.notes.append(f"VmHWM of the mount process; the 2 GiB read ran at {transfer.mb_s:.0f} MB/s")
+    return row
+
+
+def cp_r(ctx: Context) -> Row:
+    """``cp -r`` of a 40-sub cluster vs curl fetching the same cpc blobs one after another."""
+    blobs = ctx.data.cpcs
+    total = sum(b.size for b in blobs)
+    base = ctx.work / "cp_r"
+    row = Row("cp_r", "s", baseline_unit="s", baseline_label="curl", target="≥ 1")
+    cp_s: list[float] = []
+    curl_s: list[float] = []
+    try:
+        for _ in range(ctx.repeat):
+            urls = [ctx.server.signed_url(b.api_path) for b in blobs]
+            dest = fresh_dir(base / "curl")
+            args = ["curl", "-sS", "--fail"]
+            for i, url in enumerate(urls):
+                args += ["-o", str(dest / f"{i}.cpc"), url]
+            cold(ctx.files(*blobs))
+            seconds, _ = timed(args, read_timeout(total))
+            _check_copy(dest, len(blobs), total)
+            curl_s.append(seconds)
+
+            with ctx.cupixfs("cp_r") as mount:
+                dest = fresh_dir(base / "copy")
+                cold(ctx.files(*blobs))
+                source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
+                seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+                cp_s.append(seconds)
+            _check_copy(dest, len(blobs), total)
+        ctx.say(
+            f"cp -r {', '.join(f'{s:.2f}' for s in cp_s)} s; curl"
+            f" {', '.join(f'{s:.2f}' for s in curl_s)} s"
+        )
+        ctx.samples["cp_r_s"] = cp_s
+        ctx.samples["cp_r_curl_s"] = curl_s
+    finally:
+        _cleanup(base)
+    row.value = ctx.median(cp_s)
+    row.baseline = ctx.median(curl_s)
+    row.ratio = _ratio(row.baseline, row.value)
+    row.passed = None if row.ratio is None else row.ratio >= 1
+    row.notes.append(
+        f"{len(blobs)} cpc files, {total / MiB:.0f} MiB; ratio = curl time ÷ cp time;"
+        f" cp {Transfer(total, row.value).mb_s:.0f} MB/s"
+    )
+    return row
+
+
+def _check_copy(dest: Path, count: int, total: int) -> None:
+    sizes = [
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(dest)
+        for f in files
+        if f.endswith(".cpc")
+    ]
+    if len(sizes) != count or sum(sizes) != total:
+        raise BenchError(
+            f"copied {len(sizes)} cpc files / {sum(sizes)} bytes, expected {count} / {total}"
+        )
+
+
+def _mib(values: list[int]) -> str:
+    return ", ".join(f"{v / MiB:.1f} MiB" for v in values)
+
+
+#: Every figure, in table order.
+FIGURES: dict[str, Callable[[Context], Row]] = {
+    "cold_seq": cold_seq,
+    "rclone_off": rclone_off_row,
+    "rclone_full_cold": rclone_full_cold_row,
+    "rclone_full_warm": rclone_full_warm_row,
+    "warm_remount": warm_remount,
+    "shaped": shaped,
+    "unzip_l": unzip_l,
+    "ls_l_120": ls_l_120,
+    "rss_2g": rss_2g,
+    "cp_r": cp_r,
+}
+
+#: Figures ``--quick`` leaves out.
+SLOW = ("shaped", "rss_2g")
