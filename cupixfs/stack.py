@@ -65,8 +65,13 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         responses.open()
         stat_cache.offline = offline
         client = CupixClient(
-            api_http, config.api_url, config.token, policy, config.per_page,
-            cache=responses, offline=offline,
+            api_http,
+            config.api_url,
+            config.token,
+            policy,
+            config.per_page,
+            cache=responses,
+            offline=offline,
         )
         fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, config.max_requests)
         fetcher.offline = offline

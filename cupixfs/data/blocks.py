@@ -245,6 +245,12 @@ class BlockCache:
                 return
         await disk.put_many(version, blocks)
 
+    async def put(self, version: str, index: int, data: bytes) -> None:
+        """Keep a block learnt some other way (a probe that read a small file whole)."""
+        self._memory[(version, index)] = data
+        if self.disk is not None and self.disk.enabled:
+            await self._store(version, [(index, data)])
+
     def drop_version(self, version: str) -> None:
         """Forget every in-memory block of one version (the remote file changed)."""
         for key in [k for k in self._memory if k[0] == version]:

@@ -103,6 +103,10 @@ class DataStore:
                 stat = await self._fetcher.probe(source, HEAD_SIZE)
                 if self._stat_cache is not None:
                     self._stat_cache.save(source.key, source.hint, stat)
+                if 0 < stat.size <= len(stat.head):
+                    # The probe read the whole file: that is its only block, so keep it
+                    # like any other (a remount or --offline finds it on disk).
+                    await self._blocks.put(_version(source, stat), 0, stat.head)
             if cached is not None and cached[0].etag != stat.etag:
                 self._changed(source, cached[0])
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
