@@ -204,8 +204,8 @@ class CupixOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh, live = await self._vfs.open(inode)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=not live, direct_io=live)
+        fh, keep, live = await self._vfs.open(inode)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep, direct_io=live)
 
     @_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:

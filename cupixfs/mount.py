@@ -176,6 +176,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 def run(config: MountConfig) -> int:
     """Mount per *config*; returns the process exit code."""
+    os.umask(0o077)  # everything the mount writes (cache, logs) is private to its user
     config.mountpoint = config.mountpoint.resolve()
     try:
         check_mountpoint(config.mountpoint)

@@ -21,12 +21,51 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: The least time worth starting one more attempt with.
+LAST_ATTEMPT = 0.1
+
+
 class Retryable(Exception):
     """A transient failure: worth another attempt after *retry_after* seconds (if given)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Health:
+    """Whether the remote answers, learnt from every retried operation's outcome.
+
+    Once an operation has spent its whole retry budget, the remote counts as
+    down: later operations make one quick attempt instead of retrying for the
+    whole budget again. So when the network is gone, only the first request
+    waits `--timeout`; the kernel's retries, listings and stats that can fall
+    back on what is cached fail (or fall back) at once, and the first attempt
+    that succeeds brings everything back, with no remount.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            log.warning(
+                "the remote answers again (after %.0fs)", trio.current_time() - self.down_since
+            )
+        self.down_since = None
+
+    def gave_up(self, what: str) -> None:
+        if self.down_since is None:
+            self.down_since = trio.current_time()
+            log.warning("%s: the remote is unreachable; failing fast until it answers", what)
+
+
+#: While the remote is down: how long the one quick attempt may take.
+QUICK_ATTEMPT = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +80,8 @@ class RetryPolicy:
     attempt_timeout: float = 15.0
     base_delay: float = 0.05
     max_delay: float = 4.0
+    #: Shared by all operations of a mount (None: each operation on its own).
+    health: Health | None = None
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff (AWS architecture blog's recipe)."""
@@ -59,7 +100,10 @@ async def retrying(
     (it must not contain secrets). *on_retry* is called before each new attempt
     (e.g. to count retries).
     """
-    deadline = trio.current_time() + policy.deadline
+    health = policy.health
+    quick = health is not None and health.down
+    budget = min(QUICK_ATTEMPT, policy.deadline) if quick else policy.deadline
+    deadline = trio.current_time() + budget
     attempt = 0
     last: Retryable | None = None
     while True:
@@ -68,23 +112,35 @@ async def retrying(
             break
         try:
             with trio.fail_after(min(policy.attempt_timeout, remaining)):
-                return await op()
+                result = await op()
+            if health is not None:
+                health.succeeded()
+            return result
         except Retryable as exc:
             last = exc
         except trio.TooSlowError:
             last = Retryable("timed out")
+        if quick:
+            break
         delay = policy.backoff(attempt)
         if last.retry_after is not None:
             delay = max(delay, last.retry_after)
         attempt += 1
         remaining = deadline - trio.current_time()
-        if delay >= remaining:
+        if remaining < LAST_ATTEMPT:
             break
+        # A backoff that would overshoot the deadline is cut short, leaving time for
+        # one last attempt: a short outage inside the budget is still ridden through.
+        delay = min(delay, remaining - LAST_ATTEMPT)
         log.debug("%s: %s; retry %d in %.2fs", what, last, attempt, delay)
         if on_retry is not None:
             on_retry()
         await trio.sleep(delay)
     reason = f"{last}" if last else "no time left"
+    if health is not None:
+        if quick:
+            raise Unavailable(f"{what}: the remote is still unreachable ({reason})")
+        health.gave_up(what)
     raise Unavailable(
         f"{what}: gave up after {attempt} attempt(s) in {policy.deadline:g}s ({reason})"
     )

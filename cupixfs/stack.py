@@ -6,6 +6,7 @@ stack without a kernel mount.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from cupixfs.api.client import CupixClient
 from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config import MountConfig
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.disk_cache import DiskCache, default_cache_size
+from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import RangeFetcher
 from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
@@ -28,8 +29,10 @@ from cupixfs.data.store import DataStore
 from cupixfs.metrics import Metrics
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
-from cupixfs.retry import RetryPolicy
+from cupixfs.retry import Health, RetryPolicy
 from cupixfs.vfs import Vfs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,15 +48,28 @@ class Stack:
 @asynccontextmanager
 async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     """The layers of one mount, with their HTTP pools and background tasks running."""
-    policy = RetryPolicy(deadline=config.timeout, attempt_timeout=min(15.0, config.timeout))
+    policy = RetryPolicy(
+        deadline=config.timeout, attempt_timeout=min(15.0, config.timeout), health=Health()
+    )
     timeout = httpx.Timeout(policy.attempt_timeout)
     headers = {"User-Agent": f"cupixfs/{__version__}"}
     if config.cache_size <= 0:  # "auto": a fraction of the free space
         config.cache_size = default_cache_size(config.cache_dir)
     disk = DiskCache(config.cache_dir, config.cache_size)
-    stat_cache = StatCache(config.cache_dir, ttl=3600.0)
-    await trio.to_thread.run_sync(disk.open)
-    stat_cache.open()
+    stat_cache = StatCache(config.cache_dir, ttl=config.listing_ttl)
+    responses = ResponseCache(config.cache_dir)
+    problem = prepare_cache_dir(config.cache_dir)
+    if problem is None:
+        await trio.to_thread.run_sync(disk.open)
+        stat_cache.open()
+        responses.open()
+    else:
+        log.warning(
+            "cache directory %s is unusable (%s): serving from the network only",
+            config.cache_dir,
+            problem,
+        )
+        disk.enabled = stat_cache.enabled = responses.enabled = False
     # Two pools: the API (which gets the token) and storage (which must never see it).
     async with (
         httpx.AsyncClient(timeout=timeout, headers=headers) as api_http,
@@ -61,8 +77,6 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         trio.open_nursery() as background,
     ):
         offline = getattr(config, "offline", False)
-        responses = ResponseCache(config.cache_dir)
-        responses.open()
         stat_cache.offline = offline
         client = CupixClient(
             api_http,
@@ -77,8 +91,10 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         fetcher.offline = offline
         blocks = BlockCache(config.memory_cache, disk)
         blocks.background = background
+        # Sizes and ETags are trusted as long as listings are: after that, the next
+        # stat asks storage again, so a file changed remotely shows its new version.
         data = DataStore(
-            fetcher, blocks, stat_cache, stat_ttl=3600.0, static_ttl=config.listing_ttl
+            fetcher, blocks, stat_cache, stat_ttl=config.listing_ttl, static_ttl=config.listing_ttl
         )
         data.background = background
         metrics = Metrics(config.mountpoint, config.cache_dir, config.cache_size)

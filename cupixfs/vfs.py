@@ -51,6 +51,8 @@ class Vfs:
         self._started = started
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
+        #: The version each inode's pages in the kernel's page cache belong to.
+        self._kernel_version: dict[int, str] = {}
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
         mtime = node.mtime or self._started
@@ -114,19 +116,25 @@ class Vfs:
             log.warning("listing: a file's size is unknown for now: %s", exc)
         return [(name, self._attr(child, node, sizes.get(child, 0))) for name, child, node in nodes]
 
-    async def open(self, inode: int) -> tuple[int, bool]:
-        """A handle for reading *inode*, and whether the kernel must not cache its pages.
+    async def open(self, inode: int) -> tuple[int, bool, bool]:
+        """A handle for reading *inode*, whether the kernel may keep the pages it already
+        has of it, and whether it must bypass its page cache altogether.
 
         Live documents (the status file) change between opens, so they bypass the
-        page cache; remote files are immutable per version and may stay cached.
+        page cache. A remote file's pages may be kept across opens only while its
+        version is the one they were read from.
         """
         node = self.namespace.node(inode)
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
+        handle = await self.data.open(node.source, self._kernel_version.get(inode))
         fh = next(self._next_fh)
-        self._handles[fh] = await self.data.open(node.source)
+        self._handles[fh] = handle
         live = isinstance(node.source, StaticFile) and node.source.live
-        return fh, live
+        keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
+        if handle.version is not None:
+            self._kernel_version[inode] = handle.version
+        return fh, keep, live
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         try:

@@ -29,7 +29,7 @@ class ResponseCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            log.warning("API response cache disabled (%s)", exc.strerror)
+            log.debug("API response cache disabled (%s)", exc.strerror)
             self.enabled = False
 
     def _path(self, path: str, params: dict[str, Any]) -> Path:

@@ -78,6 +78,24 @@ def read_block(f: BinaryIO) -> bytes | None:
     return payload
 
 
+def prepare_cache_dir(path: Path) -> str | None:
+    """Create *path* private (0700) and check it takes a file; the reason if it cannot.
+
+    Checked once per mount so that an unusable directory is reported in one
+    line, not once by each of the caches that live in it.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+        probe = path / f".write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 MIN_AUTO_SIZE = 256 << 20
 MAX_AUTO_SIZE = 20 << 30
 
@@ -193,7 +211,9 @@ class DiskCache:
             self._evict(total)
         tmp = path.with_name(path.name + f".{threading.get_ident()}{TMP_SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.parent.is_dir():
+                path.parent.parent.mkdir(exist_ok=True, mode=0o700)
+                path.parent.mkdir(exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 written = os.writev(fd, [header, payload])

@@ -37,7 +37,7 @@ class StatCache:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.root, 0o700)
         except OSError as exc:
-            log.warning("stat cache disabled (%s)", exc.strerror)
+            log.debug("stat cache disabled (%s)", exc.strerror)
             self.enabled = False
 
     def _path(self, key: str) -> Path:

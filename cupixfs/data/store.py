@@ -43,6 +43,10 @@ class OpenFile:
     readahead: ReadAhead = field(default_factory=ReadAhead)
     #: A live document's bytes as of open(), so one handle reads one consistent snapshot.
     snapshot: bytes | None = None
+    #: The remote version this handle reads; a handle never switches versions once it
+    #: may have shown bytes of one (from us, or from the kernel's page cache).
+    version: str | None = None
+    shown: bool = False
 
 
 @dataclass
@@ -88,6 +92,11 @@ class DataStore:
         return (await self._remote_stat(source)).size
 
     async def _remote_stat(self, source: RemoteFile) -> RemoteStat:
+        """Size and ETag: from memory while fresh, else from disk or one probe.
+
+        When storage cannot be reached, the last known answer is kept (and said
+        so): a file already seen keeps its size while the network is down.
+        """
         cached = self._stats.get(source.key)
         if cached is not None and cached[1] > trio.current_time():
             return cached[0]
@@ -100,7 +109,14 @@ class DataStore:
             if cached is None and self._stat_cache is not None:
                 stat = self._stat_cache.load(source.key, source.hint)
             if stat is None:
-                stat = await self._fetcher.probe(source, HEAD_SIZE)
+                try:
+                    stat = await self._fetcher.probe(source, HEAD_SIZE)
+                except Unavailable as exc:
+                    if cached is None:
+                        raise
+                    log.warning("%s: keeping the last known size for now (%s)", source.key, exc)
+                    self._stats[source.key] = (cached[0], trio.current_time() + 5.0)
+                    return cached[0]
                 if self._stat_cache is not None:
                     self._stat_cache.save(source.key, source.hint, stat)
                 if 0 < stat.size <= len(stat.head):
@@ -130,11 +146,19 @@ class DataStore:
 
     # -- bytes -------------------------------------------------------------
 
-    async def open(self, source: FileSource) -> OpenFile:
+    async def open(self, source: FileSource, cached_version: str | None = None) -> OpenFile:
+        """A handle on *source*'s current version.
+
+        *cached_version* is the version whose pages the kernel may still hold for this
+        file; if it is the current one the handle counts as having shown bytes already.
+        """
         config = self._readahead
         handle = OpenFile(source, ReadAhead(initial=config.initial, maximum=config.maximum))
         if isinstance(source, StaticFile) and source.live:
             handle.snapshot = await source.load()
+        elif isinstance(source, RemoteFile):
+            handle.version = _version(source, await self._remote_stat(source))
+            handle.shown = handle.version == cached_version
         return handle
 
     async def read(self, handle: OpenFile | FileSource, offset: int, size: int) -> bytes:
@@ -147,14 +171,25 @@ class DataStore:
             return (await self._load_static(source))[offset : offset + size]
         for _ in range(MAX_VERSION_RESTARTS):
             stat = await self._remote_stat(source)
+            version = _version(source, stat)
+            if handle.version != version:
+                if handle.shown:
+                    raise RemoteChanged(
+                        f"{source.key} changed remotely while open; reopen it to read the "
+                        "new version"
+                    )
+                handle.version = version  # nothing shown yet: simply read the new one
             try:
-                return await self._read_remote(handle, source, stat, offset, size)
+                data = await self._read_remote(handle, source, stat, offset, size)
             except RemoteChanged as exc:
-                log.info("%s; starting the read over on the new version", exc)
+                log.info("%s; dropping the old version", exc)
                 self._stats.pop(source.key, None)
                 if self._stat_cache is not None:
                     self._stat_cache.drop(source.key)
                 self._changed(source, stat)
+                continue
+            handle.shown = True
+            return data
         raise Unavailable(f"{source.key}: the remote file keeps changing")
 
     async def _read_remote(
