@@ -8,10 +8,11 @@ never meet, and everything cached of one file is one directory
 length, CRC-32 of the payload): a block truncated or corrupted by a power cut
 fails the check, is deleted, and is fetched again, never served.
 
-Writes go to a temporary file renamed into place (a crash leaves no half
-block under a real name). Disk I/O runs in worker threads so the event loop
-never waits on the disk. When the disk is full or the directory unwritable, the
-cache says so once and the mount keeps serving from the network.
+A block file is indexed only once it is written whole, and a file cut short
+by a crash fails its length/CRC check when the next mount reads it. Disk I/O
+runs in worker threads so the event loop never waits on the disk. When the
+disk is full or the directory unwritable, the cache says so once and the mount
+keeps serving from the network.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class DiskCache:
         self._lru: OrderedDict[str, int] = OrderedDict()  # relative path -> file size
         self._bytes = 0
         self._lock = threading.Lock()  # the LRU is touched from worker threads
+        self._dirs: set[Path] = set()  # block directories known to exist
         self.enabled = True
         self.hits = 0
         self.misses = 0
@@ -209,12 +211,20 @@ class DiskCache:
             if rel in self._lru:
                 return
             self._evict(total)
-        tmp = path.with_name(path.name + f".{threading.get_ident()}{TMP_SUFFIX}")
         try:
-            if not path.parent.is_dir():
+            if path.parent not in self._dirs:
                 path.parent.parent.mkdir(exist_ok=True, mode=0o700)
                 path.parent.mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._dirs.add(path.parent)
+            # Written in place: a block is indexed (and so ever read) only once whole,
+            # and one cut short by a crash fails its length/CRC check at the next mount.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            except FileNotFoundError:  # `cupixfs cache clear` removed the directory
+                self._dirs.discard(path.parent)
+                path.parent.parent.mkdir(exist_ok=True, mode=0o700)
+                path.parent.mkdir(exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 written = os.writev(fd, [header, payload])
                 if written < total:  # rare short write: finish it plainly
@@ -223,10 +233,9 @@ class DiskCache:
                         rest = rest[os.write(fd, rest) :]
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(path)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
                 self._disable(exc)
             else:
@@ -235,12 +244,6 @@ class DiskCache:
         with self._lock:
             self._lru[rel] = total
             self._bytes += total
-
-    def clear_sync(self) -> None:
-        with self._lock:
-            items = list(self._lru.items())
-        for rel, _size in items:
-            self._remove(rel, self.root / rel)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
