@@ -19,13 +19,13 @@ from cupixfs import __version__
 from cupixfs.api.client import CupixClient
 from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config import MountConfig
-from cupixfs.data.blocks import BlockCache
+from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import RangeFetcher
 from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
-from cupixfs.data.store import DataStore
+from cupixfs.data.store import DataStore, ReadAheadConfig
 from cupixfs.metrics import Metrics
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
@@ -43,6 +43,22 @@ class Stack:
     data: DataStore
     vfs: Vfs
     metrics: Metrics
+
+
+def readahead_for(memory_cache: int) -> ReadAheadConfig:
+    """Read-ahead sized to the memory cache it lands in.
+
+    Blocks fetched ahead wait in the memory LRU until read; if the window were a
+    large part of it, they would be evicted before use and fetched twice
+    (measured: a 64 MiB window in a 64 MiB cache halved warm throughput). So the
+    window is at most a quarter of the cache, and the blocks in flight half of it.
+    """
+    default = ReadAheadConfig()
+    maximum = max(BLOCK_SIZE, min(default.maximum, memory_cache // 4))
+    budget = max(2, min(default.budget_blocks, memory_cache // (2 * BLOCK_SIZE)))
+    return ReadAheadConfig(
+        initial=min(default.initial, maximum), maximum=maximum, budget_blocks=budget
+    )
 
 
 @asynccontextmanager
@@ -94,7 +110,12 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         # Sizes and ETags are trusted as long as listings are: after that, the next
         # stat asks storage again, so a file changed remotely shows its new version.
         data = DataStore(
-            fetcher, blocks, stat_cache, stat_ttl=config.listing_ttl, static_ttl=config.listing_ttl
+            fetcher,
+            blocks,
+            stat_cache,
+            stat_ttl=config.listing_ttl,
+            static_ttl=config.listing_ttl,
+            readahead=readahead_for(config.memory_cache),
         )
         data.background = background
         metrics = Metrics(config.mountpoint, config.cache_dir, config.cache_size)
