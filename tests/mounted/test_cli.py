@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cupixfs.fake.server import FakeServer
-from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env
+from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env, wait_for_mount
 
 
 def _run(*args: str, token: str = TOKEN, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -109,3 +109,33 @@ def test_a_stale_mount_is_cleaned_up(mounter: Any, fake: FakeServer) -> None:
             assert sorted(os.listdir(m.path)) == ["captures", "clusters", "records"]
         finally:
             force_unmount(m.path)
+
+
+def test_demo_mounts_sample_data_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    args = cupixfs_cmd(
+        "demo",
+        str(mountpoint),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_mount(mountpoint, process, log)
+        captures = os.listdir(mountpoint / "captures")
+        assert captures
+        videos = mountpoint / "captures" / captures[0] / "videos"
+        assert all((videos / name).stat().st_size > 0 for name in os.listdir(videos))
+        assert os.listdir(mountpoint / "clusters")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+        assert not os.path.ismount(mountpoint)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        force_unmount(mountpoint)
