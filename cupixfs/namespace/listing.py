@@ -306,17 +306,6 @@ class Tree:
             result = await self._client.get_meta(pc.id)
             return (json.dumps(result, indent=2, sort_keys=True) + "\n").encode()
 
-        children.append(
-            (
-                META_JSON,
-                FileNode(
-                    mtime=mtime,
-                    ctime=ctime,
-                    xattrs=dict(xattrs, kind="meta"),
-                    source=StaticFile(f"pointclouds/{pc.id}/meta.json", meta),
-                ),
-            )
-        )
         transform = transform_document(
             pc.id, pc.tm, pc.parent_id, group.tm if group else None, pc.wtm
         )
@@ -324,17 +313,17 @@ class Tree:
         async def transform_json() -> bytes:
             return transform
 
-        children.append(
-            (
-                TRANSFORM_JSON,
-                FileNode(
-                    mtime=mtime,
-                    ctime=ctime,
-                    xattrs=dict(xattrs, kind="transform"),
-                    source=StaticFile(f"pointclouds/{pc.id}/transform.json", transform_json),
-                ),
+        for name, kind, load in (
+            (META_JSON, "meta", meta),
+            (TRANSFORM_JSON, "transform", transform_json),
+        ):
+            node = FileNode(
+                mtime=mtime,
+                ctime=ctime,
+                xattrs=dict(xattrs, kind=kind),
+                source=StaticFile(f"pointclouds/{pc.id}/{name}", load),
             )
-        )
+            children.append((name, node))
         return children
 
 
