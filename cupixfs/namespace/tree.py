@@ -130,7 +130,3 @@ class Namespace:
             for inode, node in self._nodes.items()
             if isinstance(node, FileNode) and node.source is not None and node.source.key == key
         ]
-
-    def invalidate(self, inode: int) -> None:
-        """Forget a directory's cached listing, so the next access asks the API."""
-        self._listings.pop(inode, None)
