@@ -68,7 +68,7 @@ class Metrics:
     async def save_periodically(self) -> None:
         try:
             while True:
-                await trio.sleep(SAVE_EVERY)
                 self.save()
+                await trio.sleep(SAVE_EVERY)
         finally:
             self.save()
