@@ -34,6 +34,8 @@ from cupixfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 
+PERSISTED_STAT_TTL = 24 * 3600.0
+
 
 @dataclass
 class Stack:
@@ -73,7 +75,10 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     if config.cache_size <= 0:  # "auto": a fraction of the free space
         config.cache_size = default_cache_size(config.cache_dir)
     disk = DiskCache(config.cache_dir, config.cache_size)
-    stat_cache = StatCache(config.cache_dir, ttl=config.listing_ttl)
+    # On disk, a size is trusted for a day while the API's updated_at is unchanged,
+    # so a remount serves cached files without a request to storage; in memory it
+    # is re-checked every --listing-ttl, which catches changes updated_at misses.
+    stat_cache = StatCache(config.cache_dir, ttl=max(config.listing_ttl, PERSISTED_STAT_TTL))
     responses = ResponseCache(config.cache_dir)
     problem = prepare_cache_dir(config.cache_dir)
     if problem is None:

@@ -22,6 +22,9 @@ from cupixfs.namespace.tree import Namespace
 
 log = logging.getLogger(__name__)
 
+#: Size probes in flight for one listing (``ls -l`` must not stat files one by one).
+PROBES_AT_ONCE = 16
+
 
 @dataclass(frozen=True)
 class Attr:
@@ -87,27 +90,23 @@ class Vfs:
         nodes = [(name, child, self.namespace.node(child)) for name, child in entries]
         sizes: dict[int, int | None] = {}
         errors: list[BaseException] = []
+        limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
 
         async def probe(child: int, source: FileSource) -> None:
-            try:
-                sizes[child] = await self.data.size(source)
-            except AuthError:
-                raise
-            except CupixError as exc:
-                errors.append(exc)
-                sizes[child] = None
-
-        limiter = trio.CapacityLimiter(16)
-
-        async def bounded(child: int, source: FileSource) -> None:
             async with limiter:
-                await probe(child, source)
+                try:
+                    sizes[child] = await self.data.size(source)
+                except AuthError:
+                    raise
+                except CupixError as exc:
+                    errors.append(exc)
+                    sizes[child] = None
 
         try:
             async with trio.open_nursery() as nursery:
                 for _name, child, node in nodes:
                     if isinstance(node, FileNode) and node.source is not None:
-                        nursery.start_soon(bounded, child, node.source)
+                        nursery.start_soon(probe, child, node.source)
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
         if errors and len(errors) == len(sizes):

@@ -2,9 +2,11 @@
 
 `DataStore.size` answers a file's size (probing a remote file once, keeping
 its first bytes, and remembering the answer on disk for the next mount);
-`DataStore.read` serves byte ranges through the block cache, drives read-ahead
-for sequential readers, and starts over on the new version if the remote file
-changed under it, so a read never returns a mix of two versions.
+`DataStore.read` serves byte ranges through the block cache and drives
+read-ahead for sequential readers. A handle is pinned to the version it opened:
+if the remote file changes before the handle has shown any bytes, the read
+simply moves to the new version; after that, it fails (EIO) rather than return
+a mix of two versions.
 """
 
 from __future__ import annotations
@@ -161,9 +163,7 @@ class DataStore:
             handle.shown = handle.version == cached_version
         return handle
 
-    async def read(self, handle: OpenFile | FileSource, offset: int, size: int) -> bytes:
-        if not isinstance(handle, OpenFile):
-            handle = OpenFile(handle)
+    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
         source = handle.source
         if handle.snapshot is not None:
             return handle.snapshot[offset : offset + size]

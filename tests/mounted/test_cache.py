@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,21 @@ def test_sequential_reads_are_fetched_ahead_in_large_parts(
     assert stats["blob_bytes"] <= video["file"]["size"]
     assert stats["blob_requests"] <= 12
     assert '"prefetched": 0' not in status
+
+
+def test_a_later_remount_still_needs_no_storage_request(
+    mounter: Any, fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    # Sizes persist beyond --listing-ttl (keyed by the API's updated_at), so a remount
+    # after the listings have gone stale still reads cached files with no blob request.
+    video = _largest_video(dataset)
+    cache = tmp_path / "later-cache"
+    args = ("--capture", str(video["capture_id"]), "--listing-ttl", "1")
+    with mounter(*args, cache_dir=cache) as m:
+        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+    time.sleep(1.5)
+    fake.stats.reset()
+    _drop_kernel_cache()
+    with mounter(*args, cache_dir=cache) as m:
+        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+    assert fake.stats.snapshot()["blob_requests"] == 0
