@@ -210,7 +210,12 @@ class DiskCache:
         with self._lock:
             if rel in self._lru:
                 return
+            # Reserve the bytes before writing: several worker threads write at once,
+            # and each must make room counting the others' blocks in flight.
             self._evict(total)
+            if self._bytes + total > self.max_bytes:
+                return  # the room is all taken by blocks being written: skip this one
+            self._bytes += total
         try:
             if path.parent not in self._dirs:
                 path.parent.parent.mkdir(exist_ok=True, mode=0o700)
@@ -236,14 +241,18 @@ class DiskCache:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            with self._lock:
+                self._bytes -= total
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
                 self._disable(exc)
             else:
                 log.warning("disk cache: cannot write a block: %s", exc.strerror)
             return
         with self._lock:
-            self._lru[rel] = total
-            self._bytes += total
+            if rel in self._lru:  # another thread wrote the same block meanwhile
+                self._bytes -= total
+            else:
+                self._lru[rel] = total
 
     # -- bookkeeping ---------------------------------------------------------------------
 
