@@ -36,3 +36,8 @@ def blob_files(dataset: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def hostile_capture(dataset: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in dataset["captures"] if c["name"] == "hostile")
+
+
+def video_path(root: Path, video: dict[str, Any]) -> Path:
+    """Where a video of the model appears under a mount."""
+    return root / "captures" / str(video["capture_id"]) / "videos" / video["attributes"]["name"]

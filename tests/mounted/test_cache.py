@@ -14,7 +14,7 @@ import pytest
 from cupixfs.fake.sample import CaptureSpec, SampleSpec, generate
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN
-from tests.mounted.helpers import sha256_of
+from tests.mounted.helpers import sha256_of, video_path
 
 MiB = 1 << 20
 BIG = SampleSpec(name="cache-tests", captures=(CaptureSpec("big", (24 * MiB + 5, 6 * MiB + 1)),))
@@ -40,10 +40,6 @@ def _largest_video(dataset: dict[str, Any]) -> dict[str, Any]:
     return max(dataset["videos"], key=lambda v: v["file"]["size"])
 
 
-def _video_path(root: Path, video: dict[str, Any]) -> Path:
-    return root / "captures" / str(video["capture_id"]) / "videos" / video["attributes"]["name"]
-
-
 def _drop_kernel_cache() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -57,7 +53,7 @@ def test_a_remount_reads_cached_data_with_zero_blob_requests(
     cache = tmp_path / "shared-cache"
     capture = str(video["capture_id"])
     with mounter("--capture", capture, cache_dir=cache) as m:
-        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
         os.listdir(m.path / "captures" / capture / "videos")  # sizes of every video
     fake.stats.reset()
     _drop_kernel_cache()
@@ -65,7 +61,7 @@ def test_a_remount_reads_cached_data_with_zero_blob_requests(
         names = os.listdir(m.path / "captures" / capture / "videos")
         for name in names:
             os.stat(m.path / "captures" / capture / "videos" / name)
-        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
     stats = fake.stats.snapshot()
     assert stats["blob_requests"] == 0 and stats["blob_bytes"] == 0
     assert os.stat(cache).st_mode & 0o777 == 0o700
@@ -79,7 +75,7 @@ def test_the_disk_cache_never_exceeds_its_bound(
     videos = sorted(dataset["videos"], key=lambda v: -v["file"]["size"])[:4]
     with mounter("--cache-size", str(bound), cache_dir=cache) as m:
         for video in videos:
-            assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+            assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
             on_disk = sum(f.stat().st_size for f in (cache / "blocks").rglob("*") if f.is_file())
             assert on_disk <= bound + MiB + 64  # at most one block beyond, while it is written
     on_disk = sum(f.stat().st_size for f in (cache / "blocks").rglob("*") if f.is_file())
@@ -94,7 +90,7 @@ def test_random_reads_fetch_only_nearby_blocks(
     size = video["file"]["size"]
     expected = (server.dataset.dir / "blobs" / video["file"]["blob_id"]).read_bytes()
     with mounter("--capture", str(video["capture_id"]), server=server) as m:
-        path = _video_path(m.path, video)
+        path = video_path(m.path, video)
         assert os.stat(path).st_size == size, (m.log_text(), os.listdir(path.parent))
         server.stats.reset()
         rng = random.Random(7)
@@ -118,7 +114,7 @@ def test_sequential_reads_are_fetched_ahead_in_large_parts(
     server, dataset = big
     video = _largest_video(dataset)
     with mounter("--capture", str(video["capture_id"]), server=server) as m:
-        path = _video_path(m.path, video)
+        path = video_path(m.path, video)
         os.stat(path)
         server.stats.reset()
         assert sha256_of(path) == video["file"]["sha256"]
@@ -139,10 +135,10 @@ def test_a_later_remount_still_needs_no_storage_request(
     cache = tmp_path / "later-cache"
     args = ("--capture", str(video["capture_id"]), "--listing-ttl", "1")
     with mounter(*args, cache_dir=cache) as m:
-        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
     time.sleep(1.5)
     fake.stats.reset()
     _drop_kernel_cache()
     with mounter(*args, cache_dir=cache) as m:
-        assert sha256_of(_video_path(m.path, video)) == video["file"]["sha256"]
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
     assert fake.stats.snapshot()["blob_requests"] == 0

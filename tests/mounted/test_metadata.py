@@ -8,6 +8,7 @@ from typing import Any
 
 from cupixfs.namespace.transform import compose
 from tests.conftest import Mount
+from tests.mounted.helpers import video_path
 
 
 def _subs(dataset: dict[str, Any]) -> list[dict[str, Any]]:
@@ -16,13 +17,7 @@ def _subs(dataset: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_xattrs_on_files_and_directories(mounted: Mount, dataset: dict[str, Any]) -> None:
     video = dataset["videos"][0]
-    path = (
-        mounted.path
-        / "captures"
-        / str(video["capture_id"])
-        / "videos"
-        / video["attributes"]["name"]
-    )
+    path = video_path(mounted.path, video)
     names = os.listxattr(path)
     for key in ("id", "kind", "state", "created_at", "updated_at", "cache_key"):
         assert f"user.cupix.{key}" in names
@@ -63,13 +58,7 @@ def test_transform_json_composes_group_and_sub(mounted: Mount, dataset: dict[str
 def test_status_control_file(mounted: Mount, dataset: dict[str, Any]) -> None:
     assert ".cupixfs" not in os.listdir(mounted.path)  # never picked up by cp -r / rsync
     video = dataset["videos"][0]
-    path = (
-        mounted.path
-        / "captures"
-        / str(video["capture_id"])
-        / "videos"
-        / video["attributes"]["name"]
-    )
+    path = video_path(mounted.path, video)
     before = json.loads((mounted.path / ".cupixfs" / "status").read_text())
     path.read_bytes()
     after = json.loads((mounted.path / ".cupixfs" / "status").read_text())
