@@ -1,5 +1,5 @@
 import sys
 
-from cupixfs.cli import main
+from cupixfs.commands.cli import main
 
 sys.exit(main())

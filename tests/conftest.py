@@ -103,8 +103,9 @@ def mounter(fake: FakeServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
         cache_dir: Path | None = None,
         token: str = TOKEN,
         server: FakeServer | None = None,
+        name: str | None = None,
     ) -> Iterator[Mount]:
-        path = tmp_path / f"mnt{len(mounts)}"
+        path = tmp_path / (name or f"mnt{len(mounts)}")
         path.mkdir()
         log = tmp_path / f"mount{len(mounts)}.log"
         cache = cache_dir or tmp_path / "cache"

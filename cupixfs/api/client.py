@@ -1,7 +1,7 @@
 """CupixClient: the Cupix REST API as typed async calls.
 
 Owns auth, pagination, the envelope and status codes of ``../shared/cupix-api``;
-returns `cupixfs.api.models` records and raises `cupixfs.errors` exceptions.
+returns `cupixfs.api.models` records and raises `cupixfs.core.errors` exceptions.
 It never touches storage bytes: download calls only *resolve* the 302 to a
 signed URL, which the data layer then reads.
 """
@@ -18,8 +18,8 @@ import httpx
 
 from cupixfs.api.models import Json, Pointcloud, Resource, Video
 from cupixfs.api.response_cache import ResponseCache
-from cupixfs.errors import AuthError, NotCached, NotFound, ProtocolError, Unavailable
-from cupixfs.retry import Retryable, RetryPolicy, retrying
+from cupixfs.core.errors import AuthError, NotCached, NotFound, ProtocolError, Unavailable
+from cupixfs.core.retry import Retryable, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,8 +125,8 @@ class CupixClient:
             raise ProtocolError(f"{what}: response has no 'result'")
         return body
 
-    def _offline_body(self, path: str, params: dict[str, Any]) -> Any:
-        body = self._cache.load(path, params) if self._cache is not None else None
+    async def _offline_body(self, path: str, params: dict[str, Any]) -> Any:
+        body = await self._cache.load(path, params) if self._cache is not None else None
         if body is None:
             raise NotCached(f"offline: GET {path} was never fetched, so it is not in the cache")
         return body
@@ -136,7 +136,7 @@ class CupixClient:
     ) -> list[T]:
         """Every item of every page, or an error: never a partial list."""
         raw_items = (
-            self._offline_body(path, params)
+            await self._offline_body(path, params)
             if self.offline
             else await self._fetch_all_pages(path, params)
         )
@@ -165,7 +165,7 @@ class CupixClient:
             next_page = pagination.get("next_page") if isinstance(pagination, dict) else None
             if next_page is None:
                 if self._cache is not None:
-                    self._cache.save(path, params, items)
+                    await self._cache.save(path, params, items)
                 return items
             if not isinstance(next_page, int) or next_page <= page:
                 raise ProtocolError(f"{what}: bad next_page {next_page!r} after page {page}")
@@ -209,11 +209,11 @@ class CupixClient:
         """The ``result`` object of ``GET /pointclouds/{id}/meta``."""
         path, params = f"pointclouds/{pointcloud_id}/meta", {"fields": POINTCLOUD_FIELDS}
         if self.offline:
-            result = self._offline_body(path, params)
+            result = await self._offline_body(path, params)
         else:
             result = (await self._get_json(path, params))["result"]
             if self._cache is not None and isinstance(result, dict):
-                self._cache.save(path, params, result)
+                await self._cache.save(path, params, result)
         if not isinstance(result, dict):
             raise ProtocolError(f"GET pointclouds/{pointcloud_id}/meta: result is not an object")
         return result

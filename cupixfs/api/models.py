@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cupixfs.errors import ProtocolError
+from cupixfs.core.errors import ProtocolError
 
 Json = dict[str, Any]
 

@@ -12,8 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+import trio
+
+from cupixfs.core import cache_layout as layout
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +27,7 @@ _PAGING = {"page", "per_page"}
 
 class ResponseCache:
     def __init__(self, root: Path) -> None:
-        self.root = root / "api"
+        self.root = root / layout.API
         self.enabled = True
 
     def open(self) -> None:
@@ -37,19 +42,27 @@ class ResponseCache:
         digest = hashlib.sha256(json.dumps([path, query]).encode()).hexdigest()[:32]
         return self.root / f"{digest}.json"
 
-    def load(self, path: str, params: dict[str, Any]) -> Any | None:
+    async def load(self, path: str, params: dict[str, Any]) -> Any | None:
+        """The saved body of this call, or None (read in a worker thread)."""
         if not self.enabled:
             return None
+        return await trio.to_thread.run_sync(self._load, self._path(path, params))
+
+    async def save(self, path: str, params: dict[str, Any], body: Any) -> None:
+        """Keep *body* for this call (encoded and written in a worker thread)."""
+        if self.enabled:
+            await trio.to_thread.run_sync(self._save, self._path(path, params), path, body)
+
+    @staticmethod
+    def _load(target: Path) -> Any | None:
         try:
-            return json.loads(self._path(path, params).read_text())["body"]
+            return json.loads(target.read_text())["body"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def save(self, path: str, params: dict[str, Any], body: Any) -> None:
-        if not self.enabled:
-            return
-        target = self._path(path, params)
-        tmp = target.with_suffix(".tmp")
+    @staticmethod
+    def _save(target: Path, path: str, body: Any) -> None:
+        tmp = target.with_suffix(f".{threading.get_ident()}.tmp")  # threads never share one
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:

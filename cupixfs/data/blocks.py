@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import cachetools
 import trio
 
+from cupixfs.core.errors import ProtocolError, unwrap
 from cupixfs.data.disk_cache import DiskCache
-from cupixfs.errors import ProtocolError, unwrap
 
 log = logging.getLogger(__name__)
 

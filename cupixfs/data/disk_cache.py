@@ -1,10 +1,8 @@
 """The persistent block cache: one checksummed file per block, bounded in bytes, LRU.
 
-Layout under ``<cache_dir>/blocks/``: ``<kk[:2]>/<kk>/<vv[:16]>-<index>``, where
-``kk`` is the sha256 of the remote file's cache key (``videos/5001``) and ``vv``
-that of its version (key, ETag and size): blocks of two versions of a file
-never meet, and everything cached of one file is one directory
-(``cupixfs cache clear PATH`` removes it). Each file starts with a 16-byte header (magic,
+Files live under ``<cache_dir>/blocks/`` as `cupixfs.data.layout` names them: blocks
+of two versions of a file never meet, and everything cached of one file is one
+directory (``cupixfs cache clear PATH`` removes it). Each file starts with a 16-byte header (magic,
 length, CRC-32 of the payload): a block truncated or corrupted by a power cut
 fails the check, is deleted, and is fetched again, never served.
 
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import struct
@@ -31,34 +28,16 @@ from typing import BinaryIO
 
 import trio
 
+from cupixfs.core import cache_layout as layout
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"CPXB"
 HEADER = struct.Struct("<4sIII")  # magic, payload length, crc32, reserved
-TMP_SUFFIX = ".tmp"
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def key_of(version: str) -> str:
-    """The cache key part of a version string ``key#etag#size``."""
-    return version.split("#", 1)[0]
-
-
-def block_path(version: str, index: int) -> str:
-    """Where block *index* of *version* lives, relative to the blocks directory."""
-    kk = _sha(key_of(version))
-    return f"{kk[:2]}/{kk}/{_sha(version)[:16]}-{index}"
 
 
 def block_header(payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), 0)
-
-
-def encode_block(payload: bytes) -> bytes:
-    return block_header(payload) + payload
 
 
 def read_block(f: BinaryIO) -> bytes | None:
@@ -122,7 +101,7 @@ class DiskCache:
     """Blocks on disk, bounded by *max_bytes*, least recently used evicted first."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root / "blocks"
+        self.root = root / layout.BLOCKS
         self.max_bytes = max_bytes
         self._lru: OrderedDict[str, int] = OrderedDict()  # relative path -> file size
         self._bytes = 0
@@ -149,9 +128,6 @@ class DiskCache:
                     if not key_dir.is_dir(follow_symlinks=False):
                         continue
                     for entry in os.scandir(key_dir.path):
-                        if entry.name.endswith(TMP_SUFFIX):  # a write cut short by a crash
-                            os.unlink(entry.path)
-                            continue
                         st = entry.stat(follow_symlinks=False)
                         rel = f"{top.name}/{key_dir.name}/{entry.name}"
                         found.append((st.st_mtime, rel, st.st_size))
@@ -172,7 +148,7 @@ class DiskCache:
         return len(self._lru)
 
     def _path(self, version: str, index: int) -> tuple[str, Path]:
-        rel = block_path(version, index)
+        rel = layout.block_file(version, index)
         return rel, self.root / rel
 
     # -- blocking operations (run in worker threads) ------------------------------------

@@ -17,10 +17,10 @@ import httpx
 import trio
 
 from cupixfs.api.client import retry_after
+from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
+from cupixfs.core.retry import Retryable, RetryPolicy, retrying
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.sources import RemoteFile
-from cupixfs.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
-from cupixfs.retry import Retryable, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The window of a sequential reader starts here and doubles up to `MAX_WINDOW`.
+INITIAL_WINDOW = 1 << 20
+MAX_WINDOW = 32 << 20
 FORWARD_TOLERANCE = 16 << 20
 BACKWARD_TOLERANCE = 1 << 20
 
@@ -21,8 +24,8 @@ BACKWARD_TOLERANCE = 1 << 20
 class ReadAhead:
     """The read-ahead state of one open file."""
 
-    initial: int = 1 << 20
-    maximum: int = 64 << 20
+    initial: int = INITIAL_WINDOW
+    maximum: int = MAX_WINDOW
     window: int = 0
     next_offset: int = 0
     reads: int = 0

@@ -10,13 +10,16 @@ TTL; a different hint means the file changed, and it is probed again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
+import trio
+
+from cupixfs.core import cache_layout as layout
 from cupixfs.data.fetch import RemoteStat
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,7 @@ class StatCache:
     """Persistent ``key -> (size, etag, hint, probed_at)`` entries, one small JSON file each."""
 
     def __init__(self, root: Path, ttl: float) -> None:
-        self.root = root / "stats"
+        self.root = root / layout.STATS
         self.ttl = ttl
         self.enabled = True
         #: Offline, an entry is trusted however old it is: there is nothing to ask.
@@ -41,11 +44,25 @@ class StatCache:
             self.enabled = False
 
     def _path(self, key: str) -> Path:
-        return self.root / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        return self.root / layout.stat_file(key)
 
-    def load(self, key: str, hint: str) -> RemoteStat | None:
+    # The files are small, but the event loop never waits on the disk: each call is
+    # one hop to a worker thread.
+
+    async def load(self, key: str, hint: str) -> RemoteStat | None:
+        """The saved size and ETag of *key*, if saved for this *hint* and fresh enough."""
         if not self.enabled:
             return None
+        return await trio.to_thread.run_sync(self._load, key, hint)
+
+    async def save(self, key: str, hint: str, stat: RemoteStat) -> None:
+        if self.enabled:
+            await trio.to_thread.run_sync(self._save, key, hint, stat, time.time())
+
+    async def drop(self, key: str) -> None:
+        await trio.to_thread.run_sync(self._drop, key)
+
+    def _load(self, key: str, hint: str) -> RemoteStat | None:
         try:
             entry = json.loads(self._path(key).read_text())
             if (
@@ -62,18 +79,10 @@ class StatCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or corrupt: probe again
 
-    def save(self, key: str, hint: str, stat: RemoteStat) -> None:
-        if not self.enabled:
-            return
+    def _save(self, key: str, hint: str, stat: RemoteStat, now: float) -> None:
         path = self._path(key)
-        tmp = path.with_suffix(".tmp")
-        body = {
-            "key": key,
-            "hint": hint,
-            "size": stat.size,
-            "etag": stat.etag,
-            "probed_at": time.time(),
-        }
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")  # threads never share one
+        body = {"key": key, "hint": hint, "size": stat.size, "etag": stat.etag, "probed_at": now}
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -82,6 +91,6 @@ class StatCache:
         except OSError as exc:
             log.debug("cannot save a stat entry: %s", exc.strerror)
 
-    def drop(self, key: str) -> None:
+    def _drop(self, key: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self._path(key))

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from cupixfs.core.errors import RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import RangeFetcher, RemoteStat
-from cupixfs.data.readahead import ReadAhead
+from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
 from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
-from cupixfs.errors import RemoteChanged, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class OpenFile:
 
 @dataclass
 class ReadAheadConfig:
-    initial: int = 1 << 20
-    maximum: int = 32 << 20
+    initial: int = INITIAL_WINDOW
+    maximum: int = MAX_WINDOW
     #: Blocks in flight for read-ahead across the whole mount (the memory budget).
     budget_blocks: int = 48
 
@@ -109,7 +109,7 @@ class DataStore:
                 return cached[0]
             stat = None
             if cached is None and self._stat_cache is not None:
-                stat = self._stat_cache.load(source.key, source.hint)
+                stat = await self._stat_cache.load(source.key, source.hint)
             if stat is None:
                 try:
                     stat = await self._fetcher.probe(source, HEAD_SIZE)
@@ -120,7 +120,7 @@ class DataStore:
                     self._stats[source.key] = (cached[0], trio.current_time() + 5.0)
                     return cached[0]
                 if self._stat_cache is not None:
-                    self._stat_cache.save(source.key, source.hint, stat)
+                    await self._stat_cache.save(source.key, source.hint, stat)
                 if 0 < stat.size <= len(stat.head):
                     # The probe read the whole file: that is its only block, so keep it
                     # like any other (a remount or --offline finds it on disk).
@@ -185,7 +185,7 @@ class DataStore:
                 log.info("%s; dropping the old version", exc)
                 self._stats.pop(source.key, None)
                 if self._stat_cache is not None:
-                    self._stat_cache.drop(source.key)
+                    await self._stat_cache.drop(source.key)
                 self._changed(source, stat)
                 continue
             handle.shown = True

@@ -18,8 +18,8 @@ from datetime import datetime
 
 from cupixfs.api.client import CupixClient
 from cupixfs.api.models import Pointcloud
+from cupixfs.core.errors import NotFound
 from cupixfs.data.sources import RemoteFile, StaticFile
-from cupixfs.errors import NotFound
 from cupixfs.namespace.names import assign_names
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
 from cupixfs.namespace.transform import transform_document

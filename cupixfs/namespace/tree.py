@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from cupixfs.errors import NotFound, Unavailable
+from cupixfs.core.errors import NotFound, Unavailable
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
 
 log = logging.getLogger(__name__)

@@ -187,3 +187,22 @@ def mount_options(path: Path) -> list[str]:
             if fields[1] == str(path):
                 return fields[3].split(",")
     raise AssertionError(f"{path} not in /proc/mounts")
+
+
+def test_the_api_url_is_logged_without_its_password(
+    mounter: Callable[..., Any], fake: FakeServer, tmp_path: Path
+) -> None:
+    secret_url = fake.api_url.replace("http://", "http://cupix:pw-SECRET@")
+    with mounter("--api-url", secret_url) as m:
+        assert os.listdir(m.path)
+    assert f"mounted {fake.api_url} at" in m.log_text()
+    # Nothing answers on port 9: the one-line error names the host, not the password.
+    (tmp_path / "mnt-unreachable").mkdir()
+    refused = run_cupixfs(
+        "mount", str(tmp_path / "mnt-unreachable"), "--foreground", "--timeout", "1",
+        "--api-url", "http://cupix:pw-SECRET@127.0.0.1:9/api/v1",
+        env=env_without_token(CUPIX_API_TOKEN=TOKEN),
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "cannot reach the Cupix API at http://127.0.0.1:9/api/v1" in refused.stderr
+    assert "pw-SECRET" not in m.log_text() + refused.stderr + refused.stdout

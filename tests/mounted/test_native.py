@@ -20,6 +20,7 @@ import pytest
 
 from cupixfs.data.store import HEAD_SIZE
 from cupixfs.fake.server import FakeServer
+from cupixfs.mount import mountinfo
 from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env
 from tests.mounted.helpers import sha256_of, walk_files
 
@@ -486,6 +487,22 @@ def test_status_of_a_mount(mounter: Any, dataset: dict[str, Any]) -> None:
         assert label in table.stdout, table.stdout
     status = json.loads(raw.stdout)
     assert status["mountpoint"] == str(m.path) and status["fetched"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's readahead is raised as root only")
+def test_a_mountpoint_with_a_space_gets_its_readahead_raised_and_a_status(
+    mounter: Any,
+) -> None:
+    with mounter("--capture", str(SINGLE), name="my site\tA") as m:
+        entry = mountinfo.find(m.path)
+        assert entry is not None and entry.fstype == "fuse.cupixfs"
+        setting = Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb")
+        deadline = time.monotonic() + 10
+        while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert setting.read_text().strip() == "1024"
+        status = _cupixfs("status", str(m.path))
+    assert status.returncode == 0, status.stderr
 
 
 def test_status_of_something_else_is_a_clear_error(tmp_path: Path) -> None:

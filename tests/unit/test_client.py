@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from cupixfs.api.client import CupixClient
-from cupixfs.errors import AuthError, NotFound, ProtocolError, Unavailable
-from cupixfs.retry import Health, RetryPolicy
+from cupixfs.core.errors import AuthError, NotFound, ProtocolError, Unavailable
+from cupixfs.core.retry import Health, RetryPolicy
 
 API = "https://api.example/api/v1"
 

@@ -6,12 +6,12 @@ import time
 import pytest
 
 from cupixfs.api.models import Pointcloud, Video
-from cupixfs.config import parse_size
+from cupixfs.config.settings import parse_size
+from cupixfs.core.errors import ProtocolError
+from cupixfs.core.redact import redact_url
 from cupixfs.data.blocks import runs
 from cupixfs.data.fetch import parse_content_range
 from cupixfs.data.signed_url import url_expiry
-from cupixfs.errors import ProtocolError
-from cupixfs.redact import redact_url
 
 
 def test_content_range() -> None:
@@ -121,10 +121,10 @@ def test_split_chunks_recuts_without_losing_bytes() -> None:
 def test_block_files_detect_corruption() -> None:
     import io
 
-    from cupixfs.data.disk_cache import encode_block, read_block
+    from cupixfs.data.disk_cache import block_header, read_block
 
     payload = bytes(range(256)) * 100
-    raw = encode_block(payload)
+    raw = block_header(payload) + payload
     assert read_block(io.BytesIO(raw)) == payload
     assert read_block(io.BytesIO(raw[:-1])) is None  # truncated
     assert read_block(io.BytesIO(raw + b"x")) is None  # trailing garbage

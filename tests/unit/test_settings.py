@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from cupixfs import cli, mount_helper, mount_options, settings, status_cmd, token
 from cupixfs.api.client import DEFAULT_API_URL
-from cupixfs.config import Options, UsageError, resolve
-from cupixfs.progress import Progress
+from cupixfs.commands import cli, mount_helper
+from cupixfs.commands import status as status_cmd
+from cupixfs.commands.progress import Progress
+from cupixfs.config import mount_options, token
+from cupixfs.config import profiles as settings
+from cupixfs.config.settings import UsageError, Values, layer, resolve
 
 GiB = 1 << 30
 
@@ -24,11 +27,9 @@ def _config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _mount_args(*argv: str) -> Any:
-    """The namespace `cupixfs mount` would run with, -o already applied."""
-    args = cli.build_parser().parse_args(["mount", "/mnt/x", *argv])
-    cli.apply_mount_options(args)
-    return args
+def _mount_args(*argv: str) -> Values:
+    """What `cupixfs mount` would take from this command line, -o already applied."""
+    return cli.said(cli.build_parser().parse_args(["mount", "/mnt/x", *argv]), "mount")
 
 
 # -- the config file -------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def test_a_profile_reads_every_key(tmp_path: Path) -> None:
     )
     name, profile = settings.load(path).select(None)
     assert name == "site"
-    assert profile == Options(
+    assert profile == dict(
         api_url="https://example.test/api/v1",
         token_file=tmp_path / "tokens/site",  # relative to the config file
         cache_dir=Path.home() / "cupix-cache",
@@ -79,13 +80,13 @@ def test_a_profile_reads_every_key(tmp_path: Path) -> None:
 def test_which_profile_is_used(tmp_path: Path) -> None:
     text = "[profiles.default]\ntimeout = 1\n[profiles.other]\ntimeout = 2\n"
     config = settings.load(_config(tmp_path, text))
-    assert config.select(None) == ("default", Options(timeout=1.0))
-    assert config.select("other") == ("other", Options(timeout=2.0))
+    assert config.select(None) == ("default", {"timeout": 1.0})
+    assert config.select("other") == ("other", {"timeout": 2.0})
     with pytest.raises(UsageError, match=r"no profile 'nope' .*profiles: default, other"):
         config.select("nope")
     config = settings.load(_config(tmp_path, 'default_profile = "other"\n' + text))
-    assert config.select(None) == ("other", Options(timeout=2.0))
-    assert settings.load(_config(tmp_path, "")).select(None) == ("default", Options())
+    assert config.select(None) == ("other", {"timeout": 2.0})
+    assert settings.load(_config(tmp_path, "")).select(None) == ("default", {})
     with pytest.raises(UsageError, match=r"no profile 'x' in .*config.toml \(profiles: none\)"):
         settings.load(_config(tmp_path, "")).select("x")
 
@@ -94,14 +95,14 @@ def test_a_missing_default_file_is_no_error_but_a_missing_named_one_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    assert settings.load(None).select(None) == ("default", Options())
+    assert settings.load(None).select(None) == ("default", {})
     with pytest.raises(UsageError, match="no profile 'site': there is no config file /"):
         settings.load(None).select("site")
     with pytest.raises(UsageError, match="does not exist"):
         settings.load(tmp_path / "nope.toml")
     (tmp_path / "cupixfs").mkdir()
     (tmp_path / "cupixfs" / "config.toml").write_text("[profiles.default]\nper_page = 7\n")
-    assert settings.load(None).select(None)[1].per_page == 7
+    assert settings.load(None).select(None)[1]["per_page"] == 7
 
 
 @pytest.mark.parametrize(
@@ -140,15 +141,15 @@ def test_each_o_option_fills_the_same_setting_as_its_long_option() -> None:
         "capture=2:3,record=4,memory_cache=128M,timeout=5,listing_ttl=7,per_page=9,"
         "cache_dir=/var/cache/c,log_file=/var/log/l,debug,offline,profile=p,config=/etc/c.toml",
     )
-    by_long = cli.build_parser().parse_args(
-        ["mount", "/mnt/x", "--allow-other", "--cache-size", "4G", "--api-url", "http://h/api",
-         "--token-file", "/etc/t", "--capture", "1", "--capture", "2", "--capture", "3",
-         "--record", "4", "--memory-cache", "128M", "--timeout", "5", "--listing-ttl", "7",
-         "--per-page", "9", "--cache-dir", "/var/cache/c", "--log-file", "/var/log/l",
-         "--debug", "--offline", "--profile", "p", "--config", "/etc/c.toml"]
+    by_long = _mount_args(
+        "--allow-other", "--cache-size", "4G", "--api-url", "http://h/api",
+        "--token-file", "/etc/t", "--capture", "1", "--capture", "2", "--capture", "3",
+        "--record", "4", "--memory-cache", "128M", "--timeout", "5", "--listing-ttl", "7",
+        "--per-page", "9", "--cache-dir", "/var/cache/c", "--log-file", "/var/log/l",
+        "--debug", "--offline", "--profile", "p", "--config", "/etc/c.toml",
     )  # fmt: skip
-    assert cli.command_line_options(by_o) == cli.command_line_options(by_long)
-    assert (by_o.profile, by_o.config) == (by_long.profile, by_long.config)
+    assert by_o == by_long
+    assert by_o["captures"] == [1, 2, 3] and by_o["config"] == Path("/etc/c.toml")
 
 
 def test_generic_mount_options_are_accepted_and_ignored() -> None:
@@ -182,16 +183,16 @@ def test_o_option_details() -> None:
         "api_url": "http://h/a,b",
         "timeout": 3.0,
     }
-    assert mount_options.parse(["capture=1", "capture=2,timeout=1,timeout=2"]) == {
-        "capture": [1, 2],
+    assert mount_options.parse(["capture=1", "captures=2,timeout=1,timeout=2"]) == {
+        "captures": [1, 2],
         "timeout": 2.0,
     }
     assert mount_options.parse(["bogus,timeout=2,bogus2=1"], sloppy=True) == {"timeout": 2.0}
 
 
 def test_a_long_option_wins_over_o_and_ids_add_up() -> None:
-    args = _mount_args("--timeout", "9", "-o", "timeout=3,capture=2", "--capture", "1")
-    assert args.timeout == 9.0 and args.capture == [1, 2]
+    said = _mount_args("--timeout", "9", "-o", "timeout=3,capture=2", "--capture", "1")
+    assert said["timeout"] == 9.0 and said["captures"] == [1, 2]
 
 
 # -- precedence ------------------------------------------------------------------------------
@@ -203,9 +204,9 @@ def test_command_line_over_profile_over_defaults(tmp_path: Path) -> None:
         '[profiles.default]\ncache_size = "8G"\ntimeout = 5\ncaptures = [1]\n'
         'api_url = "http://profile/api"\n',
     )
-    args = _mount_args("--config", str(path), "--timeout", "9", "-o", "capture=2")
-    _name, profile = settings.load(args.config).select(args.profile)
-    config = resolve(Path("/mnt/x"), "t", cli.command_line_options(args).over(profile), False)
+    said = _mount_args("--config", str(path), "--timeout", "9", "-o", "capture=2")
+    _name, profile = cli.profile_of(said)
+    config = resolve(Path("/mnt/x"), "t", layer(said, profile))
     assert config.timeout == 9.0  # command line
     assert config.cache_size == 8 * GiB and config.api_url == "http://profile/api"  # profile
     assert config.listing_ttl == 60.0 and config.memory_cache == 64 << 20  # defaults
@@ -214,7 +215,7 @@ def test_command_line_over_profile_over_defaults(tmp_path: Path) -> None:
 
 
 def test_nothing_said_gives_the_documented_defaults() -> None:
-    config = resolve(Path("/m"), "t", cli.command_line_options(_mount_args()), False)
+    config = resolve(Path("/m"), "t", _mount_args())
     assert config.api_url == DEFAULT_API_URL
     assert (config.cache_size, config.memory_cache) == (0, 64 << 20)  # 0: auto-sized
     assert (config.timeout, config.listing_ttl) == (30.0, 60.0)

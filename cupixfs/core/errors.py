@@ -29,10 +29,6 @@ class ProtocolError(CupixError):
     """The server answered, but not in the shape the API pages promise."""
 
 
-class UrlExpired(CupixError):
-    """A signed storage URL was refused (403): it must be resolved again."""
-
-
 class RemoteChanged(CupixError):
     """The remote file changed (new ETag or size) while we were reading it."""
 

@@ -1,20 +1,14 @@
 """``cupixfs cache stats`` and ``cupixfs cache clear``: look at and empty the persistent cache.
 
-The cache directory holds (see `cupixfs.data.disk_cache` and `cupixfs.data.stat_cache`)::
-
-    blocks/<kk[:2]>/<kk>/<version>-<index>   block files of the remote file whose key hashes to kk
-    stats/<kk[:32]>.json                     that file's size and ETag, so a remount need not probe
-    last-mount.json                          the counters of the last (or running) mount
-
-where ``kk`` is the sha256 of the file's cache key, which a mounted file shows as its
-``user.cupix.cache_key`` attribute. Clearing only deletes files: a running mount treats
-a vanished block as a miss and fetches it again, so both commands are safe while mounted.
+`cupixfs.data.layout` says where the cache directory keeps what: a mounted file's
+``user.cupix.cache_key`` attribute leads to its blocks and its saved size. Clearing
+only deletes files: a running mount treats a vanished block as a miss and fetches it
+again, so both commands are safe while mounted.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -24,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from cupixfs import humanize
-from cupixfs.config import UsageError
+from cupixfs.commands import humanize
+from cupixfs.config.settings import UsageError
+from cupixfs.core import cache_layout as layout
 
 CACHE_KEY_XATTR = "user.cupix.cache_key"
-LAST_MOUNT = "last-mount.json"
-TMP_SUFFIX = ".tmp"
 
 
 @dataclass
@@ -45,12 +38,10 @@ class Usage:
 
 
 def usage(root: Path) -> Usage:
-    """Files and bytes under *root* (half-written ``.tmp`` files do not count)."""
+    """Files and bytes under *root*."""
     found = Usage()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            if name.endswith(TMP_SUFFIX):
-                continue
             try:
                 found.bytes += os.lstat(os.path.join(dirpath, name)).st_size
                 found.files += 1
@@ -62,7 +53,7 @@ def usage(root: Path) -> Usage:
 def last_mount(cache_dir: Path) -> dict[str, Any] | None:
     """The counters the last mount left in ``last-mount.json``; None if absent or unreadable."""
     try:
-        data = json.loads((cache_dir / LAST_MOUNT).read_text())
+        data = json.loads((cache_dir / layout.LAST_MOUNT).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -79,7 +70,7 @@ def stats(cache_dir: Path, bound: int, as_json: bool = False, out: TextIO = sys.
     *bound* is what the configuration says; the last mount's own ``cache_size``,
     when known, is shown instead, because that is the bound the blocks obey.
     """
-    blocks = usage(cache_dir / "blocks")
+    blocks = usage(cache_dir / layout.BLOCKS)
     last = last_mount(cache_dir)
     if last is not None and _count(last, "cache_size") > 0:
         bound = _count(last, "cache_size")
@@ -144,26 +135,21 @@ def _remove(path: Path) -> Usage:
 def clear_all(cache_dir: Path) -> Usage:
     """Empty ``blocks/`` and ``stats/``, keeping the directories a running mount writes into."""
     removed = Usage()
-    for part in ("blocks", "stats"):
+    for part in (layout.BLOCKS, layout.STATS):
         root = cache_dir / part
         if not root.is_dir():
             continue
         for entry in root.iterdir():
             held = _remove(entry)
-            if part == "blocks":
+            if part == layout.BLOCKS:
                 removed.add(held)
     return removed
 
 
-def key_hash(cache_key: str) -> str:
-    return hashlib.sha256(cache_key.encode()).hexdigest()
-
-
 def clear_key(cache_dir: Path, cache_key: str) -> Usage:
     """Remove every cached block and the saved size/ETag of one remote file."""
-    kk = key_hash(cache_key)
-    removed = _remove(cache_dir / "blocks" / kk[:2] / kk)
-    _remove(cache_dir / "stats" / f"{kk[:32]}.json")
+    removed = _remove(cache_dir / layout.BLOCKS / layout.block_dir(cache_key))
+    _remove(cache_dir / layout.STATS / layout.stat_file(cache_key))
     return removed
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from cupixfs import humanize
+from cupixfs.commands import humanize
 
 TTY_INTERVAL = 0.2
 PLAIN_INTERVAL = 5.0

@@ -18,6 +18,8 @@ from typing import Any
 
 import trio
 
+from cupixfs.core import cache_layout as layout
+
 log = logging.getLogger(__name__)
 
 SAVE_EVERY = 10.0
@@ -53,22 +55,28 @@ class Metrics:
     async def render(self) -> bytes:
         return (json.dumps(self.snapshot(), indent=2, sort_keys=True) + "\n").encode()
 
-    def save(self) -> None:
-        """Write ``last-mount.json`` (atomically; a failure is only logged)."""
-        path = self.cache_dir / "last-mount.json"
+    def save(self, figures: dict[str, Any]) -> None:
+        """Write *figures* to ``last-mount.json`` (atomically; a failure is only logged)."""
+        path = self.cache_dir / layout.LAST_MOUNT
         tmp = path.with_suffix(".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(self.snapshot(), f, indent=2, sort_keys=True)
+                json.dump(figures, f, indent=2, sort_keys=True)
             os.replace(tmp, path)
         except OSError as exc:
             log.debug("cannot save %s: %s", path, exc.strerror)
 
     async def save_periodically(self) -> None:
+        """Save now, every `SAVE_EVERY` seconds, and once more when cancelled (at unmount).
+
+        The snapshot is taken on the event loop (the counters live there); only the
+        file write goes to a worker thread, so the loop never waits on the disk.
+        """
         try:
             while True:
-                self.save()
+                await trio.to_thread.run_sync(self.save, self.snapshot())
                 await trio.sleep(SAVE_EVERY)
         finally:
-            self.save()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.save, self.snapshot())

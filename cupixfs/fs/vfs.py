@@ -14,9 +14,9 @@ from datetime import datetime
 
 import trio
 
+from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import DataStore, OpenFile
-from cupixfs.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
 from cupixfs.namespace.tree import Namespace
 

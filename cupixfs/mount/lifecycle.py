@@ -20,11 +20,13 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cupixfs.config import MountConfig, default_state_dir
-from cupixfs.errors import AuthError, CupixError, unwrap
-from cupixfs.fuse_ops import CupixOperations
-from cupixfs.logs import setup as setup_logging
-from cupixfs.stack import open_stack
+from cupixfs.config.settings import MountConfig, default_state_dir
+from cupixfs.core.errors import AuthError, CupixError, unwrap
+from cupixfs.core.redact import redact_url
+from cupixfs.fs.fuse_ops import CupixOperations
+from cupixfs.mount.logs import setup as setup_logging
+from cupixfs.mount.mountinfo import find
+from cupixfs.mount.stack import open_stack
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ async def serve(config: MountConfig, notify: Notify) -> None:
         except AuthError:
             raise MountError("the Cupix API refused the token (check CUPIX_API_TOKEN)") from None
         except CupixError as exc:
-            raise MountError(f"cannot reach the Cupix API at {config.api_url}: {exc}") from None
+            raise MountError(
+                f"cannot reach the Cupix API at {redact_url(config.api_url)}: {exc}"
+            ) from None
         operations = CupixOperations(stack.vfs, attr_timeout=config.listing_ttl)
         stack.metrics.add_source(lambda: {"errors": operations.errors})
         try:
@@ -96,7 +100,7 @@ async def serve(config: MountConfig, notify: Notify) -> None:
         except RuntimeError as exc:
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
         stack.data.on_change = lambda source: _invalidate_kernel_cache(stack.vfs.inodes_of(source))
-        log.info("mounted %s at %s", config.api_url, config.mountpoint)
+        log.info("mounted %s at %s", redact_url(config.api_url), config.mountpoint)
         notify(None)
         unmounted = False
         try:
@@ -123,15 +127,10 @@ def raise_kernel_readahead(mountpoint: Path, kb: int = KERNEL_READAHEAD_KB) -> N
     The device number comes from /proc/self/mountinfo, not stat(): a stat of our
     own mountpoint before the request loop runs would wait on ourselves.
     """
-    device = None
     try:
-        with open("/proc/self/mountinfo") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == str(mountpoint):
-                    device = fields[2]
-        if device is not None:
-            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as setting:
+        entry = find(mountpoint)
+        if entry is not None:
+            with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb", "w") as setting:
                 setting.write(str(kb))
     except OSError as exc:
         log.debug("kernel readahead left at its default: %s", exc)
@@ -145,7 +144,7 @@ async def _after_init(mountpoint: Path) -> None:
     """
     with trio.move_on_after(10):
         await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
-        raise_kernel_readahead(mountpoint)
+        await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
 
 
 def _invalidate_kernel_cache(inodes: list[int]) -> None:

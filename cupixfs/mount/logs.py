@@ -1,8 +1,9 @@
 """Logging set-up: where lines go, and keeping secrets out of them.
 
 httpx logs every request URL at INFO, and a signed URL's query *is* its
-secret, so its loggers are held at WARNING whatever ``--debug`` says; our own
-modules log URLs only through `cupixfs.redact.redact_url`.
+secret, so its loggers are held at WARNING whatever ``--debug`` says. Our own
+modules never log a signed URL; the API URL they do log (at mount, and in a
+"cannot reach" error) goes through `cupixfs.core.redact.redact_url`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Assemble one mount's layers (api -> data -> namespace -> vfs) from a `MountConfig`.
 
-Kept apart from `cupixfs.mount` so tests and tools can build the very same
+Kept apart from `cupixfs.mount.lifecycle` so tests and tools can build the very same
 stack without a kernel mount.
 """
 
@@ -18,7 +18,8 @@ import trio
 from cupixfs import __version__
 from cupixfs.api.client import CupixClient
 from cupixfs.api.response_cache import ResponseCache
-from cupixfs.config import MountConfig
+from cupixfs.config.settings import MountConfig
+from cupixfs.core.retry import Health, RetryPolicy
 from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import RangeFetcher
@@ -26,11 +27,10 @@ from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
 from cupixfs.data.store import DataStore, ReadAheadConfig
-from cupixfs.metrics import Metrics
+from cupixfs.fs.vfs import Vfs
+from cupixfs.mount.metrics import Metrics
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
-from cupixfs.retry import Health, RetryPolicy
-from cupixfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,22 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     timeout = httpx.Timeout(policy.attempt_timeout)
     headers = {"User-Agent": f"cupixfs/{__version__}"}
     if config.cache_size <= 0:  # "auto": a fraction of the free space
-        config.cache_size = default_cache_size(config.cache_dir)
+        config.cache_size = await trio.to_thread.run_sync(default_cache_size, config.cache_dir)
     disk = DiskCache(config.cache_dir, config.cache_size)
     # On disk, a size is trusted for a day while the API's updated_at is unchanged,
     # so a remount serves cached files without a request to storage; in memory it
     # is re-checked every --listing-ttl, which catches changes updated_at misses.
     stat_cache = StatCache(config.cache_dir, ttl=max(config.listing_ttl, PERSISTED_STAT_TTL))
     responses = ResponseCache(config.cache_dir)
-    problem = prepare_cache_dir(config.cache_dir)
+    problem = await trio.to_thread.run_sync(prepare_cache_dir, config.cache_dir)
     if problem is None:
-        await trio.to_thread.run_sync(disk.open)
-        stat_cache.open()
-        responses.open()
+
+        def open_caches() -> None:
+            disk.open()
+            stat_cache.open()
+            responses.open()
+
+        await trio.to_thread.run_sync(open_caches)
     else:
         log.warning(
             "cache directory %s is unusable (%s): serving from the network only",
@@ -98,7 +102,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         storage_client(timeout, headers, config.max_requests + 4) as blob_http,
         trio.open_nursery() as background,
     ):
-        offline = getattr(config, "offline", False)
+        offline = config.offline
         stat_cache.offline = offline
         client = CupixClient(
             api_http,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from cupixfs import humanize
-from cupixfs.progress import Progress
+from cupixfs.commands import humanize
+from cupixfs.commands.progress import Progress
 
 CHUNK = 1 << 20
 DEFAULT_JOBS = 4

@@ -11,8 +11,9 @@
     cache_size = "20G"
     captures = [132435, 132436]
 
-Each profile is read into an `Options`, the same type the command line fills,
-so layering them is one call (`Options.over`). A file that is wrong fails the
+Each profile is read into `Values`, as the command line is, so layering them is
+one call (`cupixfs.config.settings.layer`); its keys are the settings of
+`cupixfs.config.settings.SETTINGS` that may come from a profile. A file that is wrong fails the
 command with one line naming the file and the problem (tomllib's line and
 column for syntax, the profile and key for an unknown key or a wrong type):
 a typo must not silently fall back to a default.
@@ -21,12 +22,18 @@ a typo must not silently fall back to a default.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cupixfs.config import Options, UsageError, default_config_file, parse_size
+from cupixfs.config.settings import (
+    SETTINGS,
+    Route,
+    Setting,
+    UsageError,
+    Values,
+    default_config_file,
+)
 
 DEFAULT_PROFILE = "default"
 
@@ -40,12 +47,12 @@ class ConfigFile:
     """The profiles of one config file (none when the default file does not exist)."""
 
     path: Path | None = None
-    profiles: dict[str, Options] = field(default_factory=dict)
+    profiles: dict[str, Values] = field(default_factory=dict)
     default_profile: str | None = None
     #: The default file's path when it does not exist (for the error message).
     missing: Path | None = None
 
-    def select(self, name: str | None) -> tuple[str, Options]:
+    def select(self, name: str | None) -> tuple[str, Values]:
         """The profile the user meant: *name* (``--profile``), else the file's default.
 
         Returns its name too, because the keyring entry of a token is per profile.
@@ -53,7 +60,7 @@ class ConfigFile:
         """
         wanted = name or self.default_profile
         if wanted is None:
-            return DEFAULT_PROFILE, self.profiles.get(DEFAULT_PROFILE, Options())
+            return DEFAULT_PROFILE, self.profiles.get(DEFAULT_PROFILE, {})
         if wanted not in self.profiles:
             if self.path is None:
                 raise SettingsError(
@@ -109,83 +116,18 @@ def parse(raw: dict[str, Any], path: Path) -> ConfigFile:
 
 # -- one profile ------------------------------------------------------------------------
 
-Convert = Callable[[Any, Path], Any]
+#: The keys a profile may hold.
+PROFILE_KEYS: dict[str, Setting] = {s.name: s for s in SETTINGS if s.takes(Route.PROFILE)}
 
 
-def _string(value: Any, _base: Path) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError("a non-empty string")
-    return value
-
-
-def _path(value: Any, base: Path) -> Path:
-    return base / Path(_string(value, base)).expanduser()
-
-
-def _size(value: Any, _base: Path) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        try:
-            return parse_size(value)
-        except ValueError:
-            pass
-    raise TypeError('a size such as "512M" or "4G", or a number of bytes')
-
-
-def _seconds(value: Any, _base: Path) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    raise TypeError("a positive number of seconds")
-
-
-def _positive_int(value: Any, _base: Path) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise TypeError("a positive integer")
-
-
-def _ids(value: Any, base: Path) -> list[int]:
-    if isinstance(value, list):
-        try:
-            return [_positive_int(item, base) for item in value]
-        except TypeError:
-            pass
-    raise TypeError("a list of ids, such as [132435, 132436]")
-
-
-def _bool(value: Any, _base: Path) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise TypeError("true or false")
-
-
-PROFILE_KEYS: dict[str, Convert] = {
-    "api_url": _string,
-    "token_file": _path,
-    "cache_dir": _path,
-    "cache_size": _size,
-    "memory_cache": _size,
-    "timeout": _seconds,
-    "listing_ttl": _seconds,
-    "per_page": _positive_int,
-    "captures": _ids,
-    "records": _ids,
-    "log_file": _path,
-    "allow_other": _bool,
-    "debug": _bool,
-    "offline": _bool,
-}
-
-
-def _profile(table: dict[str, Any], where: str, base: Path) -> Options:
-    values = {}
+def _profile(table: dict[str, Any], where: str, base: Path) -> Values:
+    values: Values = {}
     for key, value in table.items():
-        convert = PROFILE_KEYS.get(key)
-        if convert is None:
+        setting = PROFILE_KEYS.get(key)
+        if setting is None:
             raise SettingsError(f"{where}: unknown key {key!r} (known: {', '.join(PROFILE_KEYS)})")
         try:
-            values[key] = convert(value, base)
+            values[key] = setting.kind.toml(value, base)
         except TypeError as exc:
             raise SettingsError(f"{where}: {key} must be {exc}, not {value!r}") from None
-    return Options(**values)
+    return values

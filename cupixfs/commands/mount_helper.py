@@ -24,9 +24,9 @@ import argparse
 import os
 import sys
 
-from cupixfs import cli
-from cupixfs.config import UsageError
-from cupixfs.mount_options import split
+from cupixfs.commands import cli
+from cupixfs.config.mount_options import split
+from cupixfs.config.settings import UsageError
 
 #: Sources that mean "no profile, just cupixfs".
 PLAIN_SOURCES = {"cupixfs", "none", ""}

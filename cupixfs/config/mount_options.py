@@ -11,52 +11,17 @@ quietly mount with the default.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from cupixfs.config import UsageError, parse_positive_int, parse_seconds, parse_size
+from cupixfs.config.settings import FLAG, SETTINGS, Route, Setting, UsageError, Values
 
 
 class OptionError(UsageError):
     """A ``-o`` option that cupixfs does not understand or cannot honour."""
 
 
-def _ids(text: str) -> list[int]:
-    """``capture=1`` or, since commas separate options, ``capture=1:2:3``."""
-    return [parse_positive_int(part) for part in text.split(":")]
-
-
-@dataclass(frozen=True)
-class Key:
-    """One cupixfs option: the argparse destination it fills, and how its value is read."""
-
-    dest: str
-    convert: Callable[[str], Any] | None = None  # None: a flag without a value
-    repeat: bool = False
-
-
-KEYS: dict[str, Key] = {
-    "api_url": Key("api_url", str),
-    "token_file": Key("token_file", Path),
-    "cache_dir": Key("cache_dir", Path),
-    "cache_size": Key("cache_size", parse_size),
-    "memory_cache": Key("memory_cache", parse_size),
-    "timeout": Key("timeout", parse_seconds),
-    "listing_ttl": Key("listing_ttl", parse_seconds),
-    "per_page": Key("per_page", parse_positive_int),
-    "capture": Key("capture", _ids, repeat=True),
-    "record": Key("record", _ids, repeat=True),
-    "log_file": Key("log_file", Path),
-    "profile": Key("profile", str),
-    "config": Key("config", Path),
-    "allow_other": Key("allow_other"),
-    "debug": Key("debug"),
-    "offline": Key("offline"),
+#: Each ``-o`` key, aliases included, and the setting it fills.
+KEYS: dict[str, Setting] = {
+    key: s for s in SETTINGS if s.takes(Route.OPTION) for key in (s.name, *s.aliases)
 }
-KEYS["captures"] = KEYS["capture"]
-KEYS["records"] = KEYS["record"]
 
 #: mount(8)'s and fstab's own options: meaningless to a read-only FUSE mount, or already
 #: handled by mount(8) before the helper runs. ``ro`` is what cupixfs always is.
@@ -109,13 +74,13 @@ def split(text: str) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def parse(texts: list[str], sloppy: bool = False) -> dict[str, Any]:
-    """The settings several ``-o`` strings ask for, by argparse destination.
+def parse(texts: list[str], sloppy: bool = False) -> Values:
+    """The settings several ``-o`` strings ask for, by setting name.
 
-    A repeated key keeps its last value, except capture/record ids, which add
-    up. With *sloppy* (mount(8)'s ``-s``) unknown keys are skipped, not refused.
+    A repeated key keeps its last value, except ids, which add up. With *sloppy*
+    (mount(8)'s ``-s``) unknown keys are skipped, not refused.
     """
-    result: dict[str, Any] = {}
+    result: Values = {}
     for text in texts:
         for item in split(text):
             name, has_value, value = item.partition("=")
@@ -123,26 +88,26 @@ def parse(texts: list[str], sloppy: bool = False) -> dict[str, Any]:
                 continue
             if name == "rw":
                 raise OptionError("cupixfs is read-only: it cannot be mounted with 'rw'")
-            key = KEYS.get(name)
-            if key is None:
+            setting = KEYS.get(name)
+            if setting is None:
                 if sloppy:
                     continue
                 raise OptionError(
                     f"unknown mount option {name!r} (cupixfs knows: {', '.join(sorted(KEYS))})"
                 )
-            if key.convert is None:
+            if setting.kind is FLAG:
                 if has_value:
                     raise OptionError(f"mount option {name!r} takes no value")
-                result[key.dest] = True
+                result[setting.name] = True
                 continue
             if not value:
                 raise OptionError(f"mount option {name!r} needs a value: {name}=...")
             try:
-                converted = key.convert(value)
+                converted = setting.kind.parse(value)
             except ValueError as exc:
                 raise OptionError(f"mount option {name}: {exc}") from None
-            if key.repeat:
-                result.setdefault(key.dest, []).extend(converted)
+            if setting.adds_up:
+                result.setdefault(setting.name, []).extend(converted)
             else:
-                result[key.dest] = converted
+                result[setting.name] = converted
     return result

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
-from cupixfs.config import UsageError
+from cupixfs.config.settings import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from cupixfs.errors import (
+from cupixfs.core.errors import (
     AuthError,
     CupixError,
     NotCached,
@@ -28,10 +28,9 @@ from cupixfs.errors import (
     ProtocolError,
     RemoteChanged,
     Unavailable,
-    UrlExpired,
     unwrap,
 )
-from cupixfs.vfs import Attr, IsADirectory, NotADirectory, Vfs
+from cupixfs.fs.vfs import Attr, IsADirectory, NotADirectory, Vfs
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -49,7 +48,6 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (Unavailable, errno.EIO),
     (ProtocolError, errno.EIO),
     (RemoteChanged, errno.EIO),
-    (UrlExpired, errno.EIO),
     (CupixError, errno.EIO),
 ]
 

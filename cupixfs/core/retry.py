@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import trio
 
-from cupixfs.errors import Unavailable
+from cupixfs.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

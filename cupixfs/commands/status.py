@@ -11,31 +11,22 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from cupixfs import humanize
-from cupixfs.config import UsageError
+from cupixfs.commands import humanize
+from cupixfs.config.settings import UsageError
+from cupixfs.mount.mountinfo import MOUNTINFO, find
 
 FSTYPE = "fuse.cupixfs"
 CONTROL_FILE = Path(".cupixfs") / "status"
-_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def mount_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def mount_type(path: Path, mountinfo: str = MOUNTINFO) -> str | None:
     """The filesystem type mounted exactly at *path*, or None if nothing is."""
-    found = None
-    with open(mountinfo) as table:
-        for line in table:
-            before, _, after = line.partition(" - ")
-            fields = before.split()
-            # mountinfo escapes space, tab, newline and backslash as \ooo
-            point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
-            if point == str(path) and after:
-                found = after.split()[0]  # the last mount on a path is the visible one
-    return found
+    entry = find(path, mountinfo)
+    return entry.fstype if entry is not None else None
 
 
 def read_status(mountpoint: Path) -> dict[str, Any]:
