@@ -85,7 +85,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff (AWS architecture blog's recipe)."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt, 32)))
 
 
 async def retrying(
@@ -106,6 +106,7 @@ async def retrying(
     deadline = trio.current_time() + budget
     attempt = 0
     last: Retryable | None = None
+    last_chance = False
     while True:
         remaining = deadline - trio.current_time()
         if remaining <= 0:
@@ -120,7 +121,7 @@ async def retrying(
             last = exc
         except trio.TooSlowError:
             last = Retryable("timed out")
-        if quick:
+        if quick or last_chance:
             break
         delay = policy.backoff(attempt)
         if last.retry_after is not None:
@@ -131,7 +132,8 @@ async def retrying(
             break
         # A backoff that would overshoot the deadline is cut short, leaving time for
         # one last attempt: a short outage inside the budget is still ridden through.
-        delay = min(delay, remaining - LAST_ATTEMPT)
+        if delay >= remaining - LAST_ATTEMPT:
+            delay, last_chance = remaining - LAST_ATTEMPT, True
         log.debug("%s: %s; retry %d in %.2fs", what, last, attempt, delay)
         if on_retry is not None:
             on_retry()
