@@ -110,6 +110,10 @@ class RangeFetcher:
         #: Serve only from cache: every fetch fails at once with a clear message.
         self.offline = False
 
+    def forget(self, key: str) -> None:
+        """Drop what is kept for the remote file *key* (its signed URL)."""
+        self._urls.forget(key)
+
     def _count_retry(self) -> None:
         self.stats.retries += 1
 

@@ -81,6 +81,13 @@ class SignedUrls:
             self._entries[remote.key] = _Entry(url, refresh_at)
             return url
 
+    def forget(self, key: str) -> None:
+        """Drop the URL of a file nobody uses any more (the kernel forgot it)."""
+        self._entries.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
     def invalidate(self, remote: RemoteFile, url: str) -> None:
         """Storage refused *url*: forget it (unless another task already replaced it)."""
         entry = self._entries.get(remote.key)

@@ -23,6 +23,9 @@ class RemoteFile:
     #: What the API says about this version (its ``updated_at``): a persisted size
     #: is trusted only while the hint is unchanged.
     hint: str = ""
+    #: The size the API states (a pointcloud's ``filesize``, a resource's ``size``), or
+    #: None where it states none: shown without a probe, until storage says otherwise.
+    size: int | None = None
 
 
 @dataclass(frozen=True)

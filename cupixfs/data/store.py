@@ -86,6 +86,31 @@ class DataStore:
         #: Where read-ahead runs (set by the mount); None disables read-ahead.
         self.background: trio.Nursery | None = None
 
+    # -- what is kept per file ------------------------------------------------
+
+    def forget(self, key: str) -> None:
+        """Drop everything kept for the file *key* (its size, document, lock, signed URL).
+
+        Called once the kernel has forgotten every inode of the file and no handle is
+        open on it, so memory follows what is in use; blocks stay in the caches, which
+        are bounded on their own.
+        """
+        self._stats.pop(key, None)
+        self._static.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        self._fetcher.forget(key)
+
+    def drop_sizes(self) -> None:
+        """Forget every size and ETag learnt so far (a reload): the next stat asks again.
+
+        Open handles keep the version they pinned; a read on one that finds a new
+        version fails as it would have at the next TTL.
+        """
+        self._stats.clear()
+        self._static.clear()
+
     # -- sizes -------------------------------------------------------------
 
     async def size(self, source: FileSource) -> int:
