@@ -419,13 +419,11 @@ class MountConfig:
     log_file: Path | None
     debug: bool
     allow_other: bool
-    #: Storage requests in flight at once (not a user setting).
-    max_requests: int = 16
 
     @classmethod
     def fields_from_settings(cls) -> set[str]:
         """The fields that come from `SETTINGS`."""
-        return {f.name for f in dataclasses.fields(cls)} - {"mountpoint", "token", "max_requests"}
+        return {f.name for f in dataclasses.fields(cls)} - {"mountpoint", "token"}
 
 
 def resolve(mountpoint: Path, token: str, values: Values) -> MountConfig:

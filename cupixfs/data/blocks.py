@@ -1,15 +1,17 @@
 """The block cache: fixed-size blocks of remote files in memory, then on disk, then fetched.
 
-Block size is 1 MiB: large enough that a request's fixed cost (a round trip,
-header parsing, a disk file) is small next to its transfer, small enough that
-random access (a zip's central directory, a PLY header) fetches little it does
-not need. Blocks are keyed by ``(version, index)``, where *version* names the
-remote object *and* its ETag and size, so two versions of a file never mix.
+Block size is 1 MiB: large enough that a block's fixed costs (a disk file, a thread
+hop, bookkeeping) are small next to its bytes, small enough that random access (a
+zip's central directory, a PLY header) fetches little it does not need. Blocks are
+keyed by ``(version, index)``, where *version* names the remote object *and* its ETag
+and size, so two versions of a file never mix.
 
-A block being fetched is *claimed*: any other reader of it waits for that one
-fetch (foreground reads and read-ahead alike), so concurrent readers of a file
-cause one request per block. Misses are fetched as contiguous runs, split into
-parts of at most *part_blocks*, concurrently.
+A block being fetched is *claimed*: any other reader of it waits for that one fetch
+(foreground reads, read-ahead and sequential streams alike), so concurrent readers of
+a file cause one request per block. The waiters of a claim are always woken, with the
+block or with None when the fetch failed or was cancelled (they then try for
+themselves). Misses of a random read are fetched as contiguous runs, split into parts
+of at most *part_blocks*, concurrently.
 """
 
 from __future__ import annotations
@@ -81,10 +83,50 @@ class BlockCache:
         self.background: trio.Nursery | None = None
         self._write_queue = trio.Semaphore(8)  # runs of blocks waiting for the disk
 
+    # -- one block at a time (the sequential stream's view) ------------------------------
+
+    def cached(self, version: str, index: int) -> bytes | None:
+        """The block if it is in memory (and counts as recently used)."""
+        return self._memory.get((version, index))
+
     def is_known(self, version: str, index: int) -> bool:
         """In memory or being fetched (a disk check would cost a thread hop)."""
         key = (version, index)
         return key in self._memory or key in self._pending
+
+    def on_disk(self, version: str, index: int) -> bool:
+        """In the disk cache's index (no thread hop; the file may still turn out corrupt)."""
+        return self.disk is not None and self.disk.has(version, index)
+
+    def claim(self, version: str, index: int) -> bool:
+        """Claim a block nobody holds or fetches: the caller must `fill` or `abandon` it."""
+        key = (version, index)
+        if key in self._memory or key in self._pending:
+            return False
+        self._pending[key] = _Pending()
+        return True
+
+    def fill(self, version: str, index: int, data: bytes) -> None:
+        """A claimed block arrived: keep it and wake whoever waits for it."""
+        self._memory[(version, index)] = data
+        self._wake(version, index, data)
+
+    async def wait(self, version: str, index: int) -> bytes | None:
+        """The block once whoever fetches it is done; None if that failed or nobody does."""
+        data = self._memory.get((version, index))
+        if data is not None:
+            return data
+        pending = self._pending.get((version, index))
+        if pending is None:
+            return None
+        await pending.done.wait()
+        return pending.data
+
+    def abandon(self, version: str, index: int) -> None:
+        """A claimed block will not arrive: its waiters fetch it themselves."""
+        self._wake(version, index, None)
+
+    # -- ranges of blocks (a reader's view) --------------------------------------------
 
     def _claim(
         self, version: str, indices: range | list[int]
@@ -119,56 +161,18 @@ class BlockCache:
             found[index] = pending.data
         return [found[i] for i in range(first, last + 1)]
 
-    def prefetch(
-        self,
-        version: str,
-        indices: list[int],
-        fetch: FetchRun,
-        nursery: trio.Nursery,
-        budget: trio.Semaphore,
-    ) -> int:
-        """Start fetching *indices* in the background, as far as *budget* allows.
+    async def load_from_disk(self, version: str, claimed: list[int]) -> dict[int, bytes]:
+        """Read *claimed* blocks from disk in one thread hop; fill those found (intact).
 
-        *budget* counts blocks in flight across the whole mount: when it is spent,
-        read-ahead simply stops short (back-pressure), so a slow reader never makes
-        memory grow. Returns how many blocks were started.
+        Blocks not found stay claimed: the caller fetches or abandons them.
         """
-        wanted = [i for i in indices if not self.is_known(version, i)]
-        started = 0
-        for run_first, run_last in runs(wanted, self.part_blocks):
-            count = run_last - run_first + 1
-            taken = 0
-            while taken < count:
-                try:
-                    budget.acquire_nowait()
-                except trio.WouldBlock:
-                    break
-                taken += 1
-            if taken == 0:
-                break
-            run_last = run_first + taken - 1
-            _found, claimed, _waiting = self._claim(version, range(run_first, run_last + 1))
-            # Give back the budget of blocks someone claimed between the filter and here.
-            for _ in range(taken - len(claimed)):
-                budget.release()
-            if claimed:
-                started += len(claimed)
-                nursery.start_soon(self._prefetch_run, version, claimed, fetch, budget)
-            if taken < count:
-                break
-        return started
-
-    async def _prefetch_run(
-        self, version: str, claimed: list[int], fetch: FetchRun, budget: trio.Semaphore
-    ) -> None:
-        try:
-            await self._load_claimed(version, claimed, fetch, {})
-            self.stats.prefetched += len(claimed)
-        except Exception as exc:  # a failed read-ahead is not an error: the read will retry
-            log.debug("read-ahead of %d block(s) failed: %s", len(claimed), unwrap(exc))
-        finally:
-            for _ in claimed:
-                budget.release()
+        if self.disk is None or not self.disk.enabled or not claimed:
+            return {}
+        on_disk = await self.disk.get_many(version, claimed)
+        for index, data in on_disk.items():
+            self.fill(version, index, data)
+        self.stats.disk_hits += len(on_disk)
+        return on_disk
 
     async def _load_claimed(
         self, version: str, claimed: list[int], fetch: FetchRun, found: dict[int, bytes]
@@ -176,13 +180,9 @@ class BlockCache:
         """Fill *found* with the *claimed* blocks (disk first, then network); wake waiters."""
         try:
             missing = claimed
-            if self.disk is not None and self.disk.enabled:
-                on_disk = await self.disk.get_many(version, claimed)
-                for index, data in on_disk.items():
-                    found[index] = data
-                    self._memory[(version, index)] = data
-                    self._wake(version, index, data)
-                self.stats.disk_hits += len(on_disk)
+            if any(self.on_disk(version, index) for index in claimed):
+                on_disk = await self.load_from_disk(version, claimed)
+                found.update(on_disk)
                 missing = [index for index in claimed if index not in on_disk]
             if missing:
                 await self._fetch(version, missing, fetch, found)
@@ -200,12 +200,10 @@ class BlockCache:
             fetched: list[tuple[int, bytes]] = []
             for index, block in zip(range(run_first, run_last + 1), data, strict=True):
                 found[index] = block
-                self._memory[(version, index)] = block
+                self.fill(version, index, block)  # readers need not wait for the disk
                 fetched.append((index, block))
-                self._wake(version, index, block)  # readers need not wait for the disk
             self.stats.fetched += len(fetched)
-            if self.disk is not None and self.disk.enabled:
-                await self._store(version, fetched)
+            await self.store(version, fetched)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -220,14 +218,15 @@ class BlockCache:
             pending.data = data
             pending.done.set()
 
-    async def _store(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
+    async def store(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
         """Write blocks to disk in the background while the write queue has room, else inline.
 
         The queue bound keeps a disk slower than the network from holding an
         unbounded number of blocks in memory.
         """
-        assert self.disk is not None
         disk = self.disk
+        if disk is None or not disk.enabled or not blocks:
+            return
 
         async def write() -> None:
             try:
@@ -248,8 +247,7 @@ class BlockCache:
     async def put(self, version: str, index: int, data: bytes) -> None:
         """Keep a block learnt some other way (a probe that read a small file whole)."""
         self._memory[(version, index)] = data
-        if self.disk is not None and self.disk.enabled:
-            await self._store(version, [(index, data)])
+        await self.store(version, [(index, data)])
 
     def drop_version(self, version: str) -> None:
         """Forget every in-memory block of one version (the remote file changed)."""

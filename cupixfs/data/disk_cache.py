@@ -151,6 +151,11 @@ class DiskCache:
         rel = layout.block_file(version, index)
         return rel, self.root / rel
 
+    def has(self, version: str, index: int) -> bool:
+        """Whether the index holds this block: a dict lookup, so no thread hop is spent
+        on blocks that are certainly not on disk."""
+        return self.enabled and layout.block_file(version, index) in self._lru
+
     # -- blocking operations (run in worker threads) ------------------------------------
 
     def get_sync(self, version: str, index: int) -> bytes | None:

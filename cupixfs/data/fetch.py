@@ -1,16 +1,20 @@
 """Ranged GETs on signed storage URLs, checked and retried.
 
-Every response is verified before a byte of it is used: the status, the
-``Content-Range`` against the range we asked for, the body length, and the
-ETag the file was first seen with. A body cut short is resumed from the byte it
-reached; an expired URL is resolved again; 5xx/429/resets are retried with
-backoff until the policy's deadline.
+Two shapes of read: `RangeFetcher.fetch` gets a short range whole (random access, a
+run of blocks), and `BodyStream` keeps one long GET open and hands out its body as
+the reader advances (a sequential reader: one request for the rest of the file, not
+one per block). Every response is verified before a byte of it is used: the status,
+the ``Content-Range`` against the range we asked for, the body length, and the ETag
+the file was first seen with. A body cut short is resumed from the byte it reached;
+an expired URL is resolved again; 5xx/429/resets are retried with backoff until the
+policy's deadline.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -27,13 +31,38 @@ log = logging.getLogger(__name__)
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
+#: Storage requests in flight at once for short reads (random access, runs of blocks).
+MAX_REQUESTS = 16
+#: Size probes in flight at once: each is a small, independent round trip, so ``ls -l``
+#: of a folder of hundreds of videos is bounded by latency, not by their number.
+PROBES_AT_ONCE = 64
+#: Long sequential GETs open at once (one per sequential reader, up to this many).
+STREAMS_AT_ONCE = 16
+#: Connections the storage pool keeps: every kind of request above at once, plus slack.
+POOL_SIZE = MAX_REQUESTS + PROBES_AT_ONCE + STREAMS_AT_ONCE + 4
+
+
 @dataclass(frozen=True)
 class RemoteStat:
-    """What one probe of a remote file learnt: its size, version, and first bytes."""
+    """What is known of one version of a remote file: its size, ETag, and first bytes.
+
+    *stated* marks a size only the API stated (``filesize``): storage has not confirmed
+    it yet, and there is no ETag. The first fetch confirms or corrects it.
+    """
 
     size: int
     etag: str | None
     head: bytes
+    stated: bool = False
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A range read whole: its pieces, and what the response said of the object."""
+
+    pieces: list[bytes]
+    etag: str | None
+    total: int | None
 
 
 def parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
@@ -100,12 +129,16 @@ class RangeFetcher:
         http: httpx.AsyncClient,
         urls: SignedUrls,
         policy: RetryPolicy,
-        max_requests: int = 16,
+        max_requests: int = MAX_REQUESTS,
     ) -> None:
         self._http = http
         self._urls = urls
         self._policy = policy
         self._limit = trio.CapacityLimiter(max_requests)
+        self._probes = trio.CapacityLimiter(PROBES_AT_ONCE)
+        #: Long GETs do not take a short-request slot: a paused reader holds its stream
+        #: open, and must not starve everyone else's reads.
+        self.streams = trio.CapacityLimiter(STREAMS_AT_ONCE)
         self.stats = FetchStats()
         #: Serve only from cache: every fetch fails at once with a clear message.
         self.offline = False
@@ -155,7 +188,7 @@ class RangeFetcher:
         """
 
         async def attempt() -> RemoteStat:
-            async with self._limit:
+            async with self._probes:
                 _url, response = await self._open(remote, 0, head_size - 1)
                 try:
                     etag = response.headers.get("etag")
@@ -188,9 +221,9 @@ class RangeFetcher:
 
     async def fetch(
         self, remote: RemoteFile, start: int, end: int, etag: str | None, piece: int
-    ) -> list[bytes]:
-        """Bytes ``[start, end)`` of *remote* (which must still carry *etag*), cut into
-        pieces of *piece* bytes (the last may be shorter).
+    ) -> Fetched:
+        """Bytes ``[start, end)`` of *remote* (which must still carry *etag*, when given),
+        cut into pieces of *piece* bytes (the last may be shorter).
 
         The body arrives in chunks that do not line up with pieces; each piece is
         built with one join of the parts of chunks it spans, so every byte is
@@ -198,6 +231,7 @@ class RangeFetcher:
         """
         body = _Body()
         length = end - start
+        seen: list[tuple[str | None, int | None]] = []
 
         async def attempt() -> None:
             position = start + body.size
@@ -205,7 +239,7 @@ class RangeFetcher:
                 _url, response = await self._open(remote, position, end - 1)
                 before = body.size
                 try:
-                    self._check(remote, response, position, end, etag)
+                    seen.append(self.check(remote, response, position, end, etag))
                     await self._read_into(response, body, length)
                 finally:
                     self.stats.bytes += body.size - before
@@ -214,11 +248,14 @@ class RangeFetcher:
                 raise Retryable(f"body cut short at {start + body.size} of [{start}, {end})", 0.0)
 
         await retrying(attempt, self._policy, f"read {remote.key}", self._count_retry)
-        return split_chunks(body.chunks, piece)
+        got_etag, total = seen[-1]
+        return Fetched(split_chunks(body.chunks, piece), got_etag, total)
 
-    def _check(
+    def check(
         self, remote: RemoteFile, response: httpx.Response, first: int, end: int, etag: str | None
-    ) -> None:
+    ) -> tuple[str | None, int | None]:
+        """Refuse a response that is not exactly ``[first, end)`` of version *etag*;
+        return the ETag and total size it states."""
         got_etag = response.headers.get("etag")
         if etag is not None and got_etag is not None and got_etag != etag:
             raise RemoteChanged(f"{remote.key}: ETag changed")
@@ -226,11 +263,12 @@ class RangeFetcher:
             raise RemoteChanged(f"{remote.key}: range [{first}, {end}) no longer exists")
         if response.status_code == 200:
             raise ProtocolError(f"{remote.key}: storage ignored the Range header")
-        a, b, _total = parse_content_range(response.headers.get("content-range"))
+        a, b, total = parse_content_range(response.headers.get("content-range"))
         if a != first or b != end - 1:
             raise ProtocolError(
                 f"{remote.key}: Content-Range {a}-{b} does not match [{first}, {end - 1}]"
             )
+        return got_etag, total
 
     async def _read_into(self, response: httpx.Response, body: _Body, limit: int) -> None:
         """Collect the body's chunks; a connection cut mid-body keeps what arrived."""
@@ -254,3 +292,94 @@ class RangeFetcher:
         except httpx.TransportError:
             pass
         return bytes(buf[:limit])
+
+
+class BodyStream:
+    """One long ranged GET, read as far as its consumer wants, resumed where it was cut.
+
+    A sequential reader is served by one request for the rest of the file (Mountpoint
+    for S3 does the same), not by a request per block: at a few milliseconds of fixed
+    cost per request, that is what keeps a fast link full. Reading pauses whenever the
+    consumer stops asking (TCP's own flow control holds the server back), so the bytes
+    in memory stay bounded. A connection cut, reset or stalled for longer than one
+    attempt's timeout is reopened from the byte it reached, within the retry policy.
+    """
+
+    def __init__(
+        self, fetcher: RangeFetcher, remote: RemoteFile, start: int, end: int, etag: str | None
+    ) -> None:
+        self._fetcher = fetcher
+        self._remote = remote
+        self.position = start
+        self.end = end
+        self.etag = etag
+        self.total: int | None = None
+        self._response: httpx.Response | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._progress_at = trio.current_time()
+
+    async def open(self) -> None:
+        """Send the request (if not sent yet): afterwards `etag` and `total` are known."""
+        if self._chunks is None:
+            await self._reopen()
+
+    async def _reopen(self) -> None:
+        await self._close_response()
+        fetcher = self._fetcher
+
+        async def attempt() -> None:
+            _url, response = await fetcher._open(self._remote, self.position, self.end - 1)
+            try:
+                etag, total = fetcher.check(
+                    self._remote, response, self.position, self.end, self.etag
+                )
+            except BaseException:
+                await response.aclose()
+                raise
+            self.etag = self.etag or etag
+            self.total = total
+            self._response = response
+            self._chunks = response.aiter_raw()
+
+        await retrying(attempt, fetcher._policy, f"read {self._remote.key}", fetcher._count_retry)
+
+    async def next_chunk(self) -> bytes:
+        """The next bytes of the range (never empty before its end, b"" at its end)."""
+        policy = self._fetcher._policy
+        while self.position < self.end:
+            if self._chunks is None:
+                await self._reopen()
+            assert self._chunks is not None
+            try:
+                with trio.fail_after(policy.attempt_timeout):
+                    chunk = await self._chunks.__anext__()
+            except (StopAsyncIteration, httpx.TransportError, trio.TooSlowError) as exc:
+                if trio.current_time() - self._progress_at > policy.deadline:
+                    raise Unavailable(
+                        f"read {self._remote.key}: no progress for {policy.deadline:g}s"
+                    ) from None
+                log.debug(
+                    "%s: body interrupted at %d (%s); resuming",
+                    self._remote.key,
+                    self.position,
+                    type(exc).__name__,
+                )
+                self._fetcher.stats.retries += 1
+                self._chunks = None
+                continue
+            if self.position + len(chunk) > self.end:
+                raise ProtocolError("storage sent more bytes than asked for")
+            self.position += len(chunk)
+            self._fetcher.stats.bytes += len(chunk)
+            self._progress_at = trio.current_time()
+            return chunk
+        return b""
+
+    async def _close_response(self) -> None:
+        response, self._response, self._chunks = self._response, None, None
+        if response is not None:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._close_response()

@@ -30,6 +30,11 @@ class ReadAhead:
     next_offset: int = 0
     reads: int = 0
 
+    def widen(self, window: int) -> int:
+        """Make the window at least *window* (it goes on doubling from there)."""
+        self.window = max(self.window, min(window, self.maximum))
+        return self.window
+
     def observe(self, offset: int, size: int) -> int:
         """Record a read of ``[offset, offset + size)``; return how far beyond it to fetch."""
         sequential = (

@@ -1,12 +1,16 @@
 """The data layer's front door: size, open and read any file source.
 
-`DataStore.size` answers a file's size (probing a remote file once, keeping
-its first bytes, and remembering the answer on disk for the next mount);
-`DataStore.read` serves byte ranges through the block cache and drives
-read-ahead for sequential readers. A handle is pinned to the version it opened:
-if the remote file changes before the handle has shown any bytes, the read
-simply moves to the new version; after that, it fails (EIO) rather than return
-a mix of two versions.
+`DataStore.size` answers a file's size: the API's stated size where it gives one (no
+request at all), else what storage said before (remembered on disk for the next
+mount), else one small probe whose first bytes are kept. `DataStore.read` serves byte
+ranges: a sequential reader gets a `SequentialStream` (one long GET, blocks pushed into
+the kernel's page cache ahead of it), any other read the blocks it touches.
+
+A stated size is confirmed by the first fetch, which also learns the ETag: storage's
+``Content-Range`` total wins if the two disagree (the kernel is told, once per file,
+and the log says so once). A handle is pinned to the version it opened: if the remote
+file changes before the handle has shown any bytes, the read simply moves to the new
+version; after that, it fails (EIO) rather than return a mix of two versions.
 """
 
 from __future__ import annotations
@@ -19,16 +23,24 @@ import trio
 
 from cupixfs.core.errors import RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.fetch import RangeFetcher, RemoteStat
+from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat, split_chunks
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
 from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
+from cupixfs.data.stream import Push, SequentialStream, Sink
 
 log = logging.getLogger(__name__)
 
 #: Bytes kept from the size probe: enough for file-type sniffing and most headers.
 HEAD_SIZE = 64 * 1024
 MAX_VERSION_RESTARTS = 3
+#: A file read from its first byte is fetched whole at once up to this size (a cp, an
+#: rsync, a viewer loading a point cloud read on to the end); larger ones start with the
+#: initial window and double it.
+WHOLE_FILE = MAX_WINDOW
+
+#: What a read returns: a view into a cached block where it can (no copy), else bytes.
+Buffer = bytes | memoryview
 
 
 @dataclass
@@ -39,7 +51,7 @@ class _Static:
 
 @dataclass
 class OpenFile:
-    """One open file handle: its source and its read-ahead state."""
+    """One open file handle: its source, its read-ahead state and its stream."""
 
     source: FileSource
     readahead: ReadAhead = field(default_factory=ReadAhead)
@@ -49,13 +61,16 @@ class OpenFile:
     #: may have shown bytes of one (from us, or from the kernel's page cache).
     version: str | None = None
     shown: bool = False
+    #: Where blocks fetched ahead go in the kernel's page cache (None: nowhere).
+    push: Push | None = None
+    stream: SequentialStream | None = None
 
 
 @dataclass
 class ReadAheadConfig:
     initial: int = INITIAL_WINDOW
     maximum: int = MAX_WINDOW
-    #: Blocks in flight for read-ahead across the whole mount (the memory budget).
+    #: Blocks held back for a sequential reader across the whole mount (the memory budget).
     budget_blocks: int = 48
 
 
@@ -82,9 +97,18 @@ class DataStore:
         self._locks: dict[str, trio.Lock] = {}
         self._readahead = readahead or ReadAheadConfig()
         self._budget = trio.Semaphore(self._readahead.budget_blocks)
+        self._sink = Sink(blocks)
+        self._corrected: set[str] = set()
         self.on_change = on_change
-        #: Where read-ahead runs (set by the mount); None disables read-ahead.
+        #: Where streams and disk writes run (set by `start`); None: no read-ahead.
         self.background: trio.Nursery | None = None
+        self.streams_started = 0
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run read-ahead and the page-cache/disk writer in *nursery* (the mount's)."""
+        self.background = nursery
+        self._blocks.background = nursery
+        nursery.start_soon(self._sink.run)
 
     # -- what is kept per file ------------------------------------------------
 
@@ -111,6 +135,15 @@ class DataStore:
         self._stats.clear()
         self._static.clear()
 
+    @property
+    def held_back(self) -> int:
+        """Blocks sequential streams hold back from the page cache right now (budgeted)."""
+        return self._readahead.budget_blocks - self._budget.value
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries of the per-file tables (for the status counters)."""
+        return {"store_stats": len(self._stats), "store_static": len(self._static)}
+
     # -- sizes -------------------------------------------------------------
 
     async def size(self, source: FileSource) -> int:
@@ -119,7 +152,7 @@ class DataStore:
         return (await self._remote_stat(source)).size
 
     async def _remote_stat(self, source: RemoteFile) -> RemoteStat:
-        """Size and ETag: from memory while fresh, else from disk or one probe.
+        """Size and ETag: from memory while fresh, else from disk, the API, or one probe.
 
         When storage cannot be reached, the last known answer is kept (and said
         so): a file already seen keeps its size while the network is down.
@@ -135,6 +168,8 @@ class DataStore:
             stat = None
             if cached is None and self._stat_cache is not None:
                 stat = await self._stat_cache.load(source.key, source.hint)
+            if stat is None and cached is None and source.size is not None and source.size > 0:
+                stat = RemoteStat(source.size, None, b"", stated=True)  # confirmed when read
             if stat is None:
                 try:
                     stat = await self._fetcher.probe(source, HEAD_SIZE)
@@ -144,16 +179,67 @@ class DataStore:
                     log.warning("%s: keeping the last known size for now (%s)", source.key, exc)
                     self._stats[source.key] = (cached[0], trio.current_time() + 5.0)
                     return cached[0]
-                if self._stat_cache is not None:
-                    await self._stat_cache.save(source.key, source.hint, stat)
+                await self._learnt(source, stat, cached[0] if cached else None)
                 if 0 < stat.size <= len(stat.head):
                     # The probe read the whole file: that is its only block, so keep it
                     # like any other (a remount or --offline finds it on disk).
                     await self._blocks.put(_version(source, stat), 0, stat.head)
-            if cached is not None and cached[0].etag != stat.etag:
+            elif cached is not None and cached[0].etag != stat.etag and not cached[0].stated:
                 self._changed(source, cached[0])
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
+
+    async def _learnt(self, source: RemoteFile, stat: RemoteStat, old: RemoteStat | None) -> None:
+        """Storage told us *stat*: keep it (on disk too), and act on what it changes."""
+        if self._stat_cache is not None:
+            await self._stat_cache.save(source.key, source.hint, stat)
+        if old is None:
+            return
+        if old.stated and old.size != stat.size:
+            if source.key not in self._corrected:
+                self._corrected.add(source.key)
+                log.warning(
+                    "%s: the API says %d bytes, storage has %d: showing storage's size",
+                    source.key,
+                    old.size,
+                    stat.size,
+                )
+            if self.on_change is not None:
+                self.on_change(source)  # the kernel's view of the size is wrong
+        elif not old.stated and old.etag != stat.etag:
+            self._changed(source, old)
+
+    async def _confirm(
+        self, source: RemoteFile, stated: RemoteStat, offset: int, end: int
+    ) -> BodyStream:
+        """Learn a stated file's ETag and true size from the GET that starts reading it.
+
+        Returns that GET, open on the blocks of ``[offset, end)`` (on the whole file when
+        it is read from its start and small), for the read (and its stream) to go on
+        with: the first request of a file is never a separate probe.
+        """
+        lock = self._locks.setdefault(source.key, trio.Lock())
+        async with lock:
+            bs = self._blocks.block_size
+            start = offset // bs * bs
+            whole = offset == 0 and stated.size <= WHOLE_FILE
+            stop = stated.size if whole else min(stated.size, -(-end // bs) * bs)
+            body = BodyStream(self._fetcher, source, start, stop, None)
+            try:
+                await body.open()
+            except BaseException:
+                await body.aclose()
+                raise
+            size = body.total if body.total is not None else stated.size
+            stat = RemoteStat(size, body.etag, b"")
+            current = self._stats.get(source.key)
+            if current is None or current[0].stated:
+                await self._learnt(source, stat, stated)
+                self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
+            if size != stated.size:
+                await body.aclose()
+                body.end = min(body.end, size)
+            return body
 
     def _changed(self, source: RemoteFile, old: RemoteStat) -> None:
         log.info("%s changed remotely (new version); dropping its cached blocks", source.key)
@@ -173,22 +259,35 @@ class DataStore:
 
     # -- bytes -------------------------------------------------------------
 
-    async def open(self, source: FileSource, cached_version: str | None = None) -> OpenFile:
+    async def open(
+        self, source: FileSource, cached_version: str | None = None, push: Push | None = None
+    ) -> OpenFile:
         """A handle on *source*'s current version.
 
         *cached_version* is the version whose pages the kernel may still hold for this
         file; if it is the current one the handle counts as having shown bytes already.
+        *push* writes blocks into the kernel's page cache for this handle's file.
         """
         config = self._readahead
-        handle = OpenFile(source, ReadAhead(initial=config.initial, maximum=config.maximum))
+        handle = OpenFile(
+            source, ReadAhead(initial=config.initial, maximum=config.maximum), push=push
+        )
         if isinstance(source, StaticFile) and source.live:
             handle.snapshot = await source.load()
         elif isinstance(source, RemoteFile):
             handle.version = _version(source, await self._remote_stat(source))
-            handle.shown = handle.version == cached_version
+            handle.shown = cached_version is not None and same_version(
+                cached_version, handle.version
+            )
         return handle
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    def release(self, handle: OpenFile) -> None:
+        """The file was closed: stop its stream (claimed blocks go to other readers)."""
+        if handle.stream is not None:
+            handle.stream.close()
+            handle.stream = None
+
+    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         source = handle.source
         if handle.snapshot is not None:
             return handle.snapshot[offset : offset + size]
@@ -196,63 +295,145 @@ class DataStore:
             return (await self._load_static(source))[offset : offset + size]
         for _ in range(MAX_VERSION_RESTARTS):
             stat = await self._remote_stat(source)
+            body = None
+            if stat.stated and offset < stat.size:
+                body = await self._confirm(source, stat, offset, offset + size)
+                stat = await self._remote_stat(source)
             version = _version(source, stat)
             if handle.version != version:
-                if handle.shown:
+                if handle.shown and not same_version(handle.version, version):
+                    if body is not None:
+                        await body.aclose()
                     raise RemoteChanged(
                         f"{source.key} changed remotely while open; reopen it to read the "
                         "new version"
                     )
-                handle.version = version  # nothing shown yet: simply read the new one
+                handle.version = version  # nothing shown yet (or only its size was new)
+                self.release(handle)
             try:
-                data = await self._read_remote(handle, source, stat, offset, size)
+                data = await self._read_remote(handle, source, stat, offset, size, body)
             except RemoteChanged as exc:
                 log.info("%s; dropping the old version", exc)
                 self._stats.pop(source.key, None)
                 if self._stat_cache is not None:
                     await self._stat_cache.drop(source.key)
                 self._changed(source, stat)
+                self.release(handle)
                 continue
             handle.shown = True
             return data
         raise Unavailable(f"{source.key}: the remote file keeps changing")
 
     async def _read_remote(
-        self, handle: OpenFile, source: RemoteFile, stat: RemoteStat, offset: int, size: int
-    ) -> bytes:
+        self,
+        handle: OpenFile,
+        source: RemoteFile,
+        stat: RemoteStat,
+        offset: int,
+        size: int,
+        body: BodyStream | None,
+    ) -> Buffer:
         end = min(offset + size, stat.size)
         if offset >= end:
+            if body is not None:
+                await body.aclose()
             return b""
         bs = self._blocks.block_size
         version = _version(source, stat)
+        window = handle.readahead.observe(offset, end - offset)
+        if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
+            window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
+        stream = handle.stream
+        if window and self.background is not None:
+            if stream is not None and stream.version == version:
+                if body is not None:
+                    await body.aclose()
+                stream.advance(end, window)
+            else:
+                self.release(handle)
+                self._start_stream(handle, source, stat, version, offset, end, window, body)
+        else:
+            self.release(handle)
+            if body is not None:  # what this read needs is on its way: keep it
+                await self._drain(body, version)
+        if end <= len(stat.head):
+            return stat.head[offset:end]
 
         async def fetch_run(run_first: int, run_last: int) -> list[bytes]:
             start = run_first * bs
             stop = min((run_last + 1) * bs, stat.size)
-            return await self._fetcher.fetch(source, start, stop, stat.etag, bs)
+            return (await self._fetcher.fetch(source, start, stop, stat.etag, bs)).pieces
 
-        window = handle.readahead.observe(offset, end - offset)
-        if window and self.background is not None:
-            ahead_first = (end - 1) // bs + 1
-            ahead_last = (min(end + window, stat.size) - 1) // bs
-            if ahead_first <= ahead_last:
-                self._blocks.prefetch(
-                    version,
-                    list(range(ahead_first, ahead_last + 1)),
-                    fetch_run,
-                    self.background,
-                    self._budget,
-                )
-        if end <= len(stat.head):
-            return stat.head[offset:end]
         first, last = offset // bs, (end - 1) // bs
         blocks = await self._blocks.get(version, first, last, fetch_run)
         skip = offset - first * bs
         if len(blocks) == 1:
-            return blocks[0][skip : skip + (end - offset)]
+            return memoryview(blocks[0])[skip : skip + (end - offset)]
         return b"".join(blocks)[skip : skip + (end - offset)]
+
+    async def _drain(self, body: BodyStream, version: str) -> None:
+        """Read *body* (block-aligned) to its end into the block cache."""
+        bs = self._blocks.block_size
+        first = body.position // bs
+        chunks: list[bytes] = []
+        try:
+            while chunk := await body.next_chunk():
+                chunks.append(chunk)
+        finally:
+            await body.aclose()
+        fetched = list(enumerate(split_chunks(chunks, bs), start=first))
+        for index, data in fetched:
+            if self._blocks.claim(version, index):
+                self._blocks.fill(version, index, data)
+        self._blocks.stats.fetched += len(fetched)
+        await self._blocks.store(version, fetched)
+
+    def _start_stream(
+        self,
+        handle: OpenFile,
+        source: RemoteFile,
+        stat: RemoteStat,
+        version: str,
+        offset: int,
+        end: int,
+        window: int,
+        body: BodyStream | None,
+    ) -> None:
+        """Give the handle a sequential stream from *offset*'s block on; its first blocks
+        are claimed before this returns, so the read that started it waits for them."""
+        assert self.background is not None
+        stream = SequentialStream(
+            self._blocks,
+            self._fetcher,
+            self._sink,
+            self._budget,
+            source,
+            version,
+            stat.size,
+            stat.etag,
+            offset,
+            handle.push,
+            body,
+        )
+        handle.stream = stream
+        self.streams_started += 1
+        stream.advance(end, window)
+        stream.prime()
+        self.background.start_soon(stream.run)
 
 
 def _version(source: RemoteFile, stat: RemoteStat) -> str:
     """The cache name of one version of a remote file: key, ETag and size."""
     return f"{source.key}#{stat.etag or ''}#{stat.size}"
+
+
+def same_version(old: str | None, new: str) -> bool:
+    """Whether *new* names the same bytes as *old*: equal, or *old* was a stated size
+    without an ETag that storage has since confirmed (or corrected)."""
+    if old == new:
+        return True
+    if old is None:
+        return False
+    old_key, old_etag, _old_size = old.rsplit("#", 2)
+    new_key, _new_etag, _new_size = new.rsplit("#", 2)
+    return old_key == new_key and old_etag == ""

@@ -207,7 +207,8 @@ class CupixOperations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        return await self._vfs.read(fh, off, size)
+        # A memoryview of a cached block goes out without a copy (pyfuse3 takes any buffer).
+        return await self._vfs.read(fh, off, size)  # type: ignore[return-value]
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self._vfs.release(fh)

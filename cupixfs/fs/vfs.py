@@ -16,7 +16,8 @@ import trio
 
 from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
-from cupixfs.data.store import DataStore, OpenFile
+from cupixfs.data.store import Buffer, DataStore, OpenFile
+from cupixfs.fs.pagecache import KernelCache
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
 from cupixfs.namespace.tree import Namespace
 
@@ -48,9 +49,17 @@ class NotADirectory(CupixError):
 class Vfs:
     """Lookup, attributes, listings, and reads by inode."""
 
-    def __init__(self, namespace: Namespace, data: DataStore, started: datetime) -> None:
+    def __init__(
+        self,
+        namespace: Namespace,
+        data: DataStore,
+        started: datetime,
+        kernel: KernelCache | None = None,
+    ) -> None:
         self.namespace = namespace
         self.data = data
+        #: The kernel's page cache (pushes ahead of sequential readers, drops on change).
+        self.kernel = kernel or KernelCache()
         self._started = started
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
@@ -126,16 +135,17 @@ class Vfs:
         node = self.namespace.node(inode)
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
-        handle = await self.data.open(node.source, self._kernel_version.get(inode))
+        live = isinstance(node.source, StaticFile) and node.source.live
+        push = self.kernel.pusher(inode) if isinstance(node.source, RemoteFile) else None
+        handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
         fh = next(self._next_fh)
         self._handles[fh] = handle
-        live = isinstance(node.source, StaticFile) and node.source.live
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         if handle.version is not None:
             self._kernel_version[inode] = handle.version
         return fh, keep, live
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Buffer:
         try:
             handle = self._handles[fh]
         except KeyError:
@@ -143,7 +153,14 @@ class Vfs:
         return await self.data.read(handle, offset, size)
 
     def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            self.data.release(handle)
+
+    def changed(self, source: FileSource) -> None:
+        """*source*'s remote file changed (or its size was corrected): the kernel's pages
+        and attributes of every inode showing it are dropped."""
+        self.kernel.invalidate(self.inodes_of(source))
 
     def xattrs(self, inode: int) -> dict[str, str]:
         node = self.namespace.node(inode)

@@ -94,12 +94,19 @@ async def serve(config: MountConfig, notify: Notify) -> None:
                 f"cannot reach the Cupix API at {redact_url(config.api_url)}: {exc}"
             ) from None
         operations = CupixOperations(stack.vfs, attr_timeout=config.listing_ttl)
-        stack.metrics.add_source(lambda: {"errors": operations.errors})
+        stack.metrics.add_source(
+            lambda: {
+                "errors": operations.errors,
+                "pushed_bytes": stack.vfs.kernel.pushed_bytes,
+                "streams": stack.data.streams_started,
+            }
+        )
         try:
             pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         except RuntimeError as exc:
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
-        stack.data.on_change = lambda source: _invalidate_kernel_cache(stack.vfs.inodes_of(source))
+        stack.vfs.kernel.enable()
+        stack.data.on_change = stack.vfs.changed
         log.info("mounted %s at %s", redact_url(config.api_url), config.mountpoint)
         notify(None)
         unmounted = False
@@ -145,24 +152,6 @@ async def _after_init(mountpoint: Path) -> None:
     with trio.move_on_after(10):
         await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
         await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
-
-
-def _invalidate_kernel_cache(inodes: list[int]) -> None:
-    """Drop the kernel's cached pages and attributes of files whose remote version changed.
-
-    Run from a worker thread: the kernel may wait for the very read request
-    that noticed the change, so calling it inline could deadlock.
-    """
-
-    def invalidate() -> None:
-        for inode in inodes:
-            try:
-                pyfuse3.invalidate_inode(pyfuse3.InodeT(inode))
-            except OSError as exc:  # ENOENT: the kernel had already forgotten it
-                log.debug("invalidate_inode(%d): %s", inode, exc)
-
-    if inodes:
-        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, invalidate)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

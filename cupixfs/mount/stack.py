@@ -22,7 +22,7 @@ from cupixfs.config.settings import MountConfig
 from cupixfs.core.retry import Health, RetryPolicy
 from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
-from cupixfs.data.fetch import RangeFetcher
+from cupixfs.data.fetch import POOL_SIZE, RangeFetcher
 from cupixfs.data.http import storage_client
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
@@ -99,7 +99,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     # Two pools: the API (which gets the token) and storage (which must never see it).
     async with (
         httpx.AsyncClient(timeout=timeout, headers=headers) as api_http,
-        storage_client(timeout, headers, config.max_requests + 4) as blob_http,
+        storage_client(timeout, headers, POOL_SIZE) as blob_http,
         trio.open_nursery() as background,
     ):
         offline = config.offline
@@ -113,10 +113,9 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             cache=responses,
             offline=offline,
         )
-        fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, config.max_requests)
+        fetcher = RangeFetcher(blob_http, SignedUrls(client), policy)
         fetcher.offline = offline
         blocks = BlockCache(config.memory_cache, disk)
-        blocks.background = background
         # Sizes and ETags are trusted as long as listings are: after that, the next
         # stat asks storage again, so a file changed remotely shows its new version.
         data = DataStore(
@@ -127,7 +126,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             static_ttl=config.listing_ttl,
             readahead=readahead_for(config.memory_cache),
         )
-        data.background = background
+        data.start(background)
         metrics = Metrics(config.mountpoint, config.cache_dir, config.cache_size)
         metrics.add_source(
             lambda: {

@@ -24,8 +24,9 @@ from cupixfs.namespace.tree import ROOT_INODE
 TOKEN = "core-token"
 MiB = 1 << 20
 CAPTURE_NAME = "core"
-#: One video of many blocks, one of a few, one smaller than a block.
-VIDEO_SIZES = (12 * MiB + 5, 3 * MiB + 1, 300_001)
+#: A video longer than what is fetched whole at once, one shorter, one of a few blocks,
+#: one smaller than a block.
+VIDEO_SIZES = (40 * MiB + 3, 12 * MiB + 5, 3 * MiB + 1, 300_001)
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,12 @@ mount-wide read-ahead budget."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
+import trio.testing
 
-from cupixfs.data.blocks import BlockCache
+from cupixfs.data.store import DataStore, ReadAheadConfig
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import MiB, blob_bytes, inode_of, stack_of, video_path, videos
 
@@ -81,27 +83,135 @@ def test_a_reader_cancelled_mid_fetch_leaves_no_one_stuck(
     assert got["second"] == got["third"] == expected[offset : offset + 100]
 
 
-def test_read_ahead_stops_where_the_budget_runs_out_and_gets_it_back() -> None:
-    release = trio.Event()
-    asked: list[tuple[int, int]] = []
+class Pushes:
+    """A stand-in for the kernel's page cache: what was pushed, at which offsets."""
 
-    async def fetch(first: int, last: int) -> list[bytes]:
-        asked.append((first, last))
-        await release.wait()
-        return [bytes([i]) * 16 for i in range(first, last + 1)]
+    def __init__(self) -> None:
+        self.got: dict[int, bytes] = {}
+
+    def __call__(self, offset: int, data: bytes) -> None:  # called from worker threads
+        self.got[offset] = bytes(data)
+
+
+async def _open(stack: Any, capture_id: int, video: dict[str, Any], push: Any = None) -> Any:
+    inode = await inode_of(stack.vfs, video_path(capture_id, video))
+    return await stack.data.open(stack.vfs.namespace.node(inode).source, None, push)
+
+
+def test_a_sequential_read_is_one_request_and_its_blocks_reach_the_page_cache_ahead(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[1]
+    expected = blob_bytes(server, video)
+    pushes = Pushes()
+    got = bytearray()
 
     async def main() -> None:
-        cache = BlockCache(memory_bytes=1 << 20, block_size=16, part_blocks=8)
-        budget = trio.Semaphore(3)
-        async with trio.open_nursery() as nursery:
-            assert cache.prefetch("v", list(range(10)), fetch, nursery, budget) == 3
-            assert budget.value == 0
-            assert cache.prefetch("v", list(range(10, 20)), fetch, nursery, budget) == 0
+        async with stack_of(server, tmp_path) as stack:
+            handle = await _open(stack, capture_id, video, pushes)
+            server.stats.reset()
+            while chunk := await stack.data.read(handle, len(got), MiB):
+                got.extend(chunk)
+                await trio.sleep(0.02)  # a reader slower than the network: it is pushed to
+            stack.data.release(handle)
+
+    trio.run(main)
+    assert bytes(got) == expected
+    ranges = server.stats.snapshot()["blob_ranges"]
+    assert len(ranges) == 1, ranges  # the whole (small) file in one GET, nothing twice
+    assert len(pushes.got) >= 5, sorted(pushes.got)  # most of the file went ahead
+    for offset, data in pushes.got.items():
+        assert data == expected[offset : offset + len(data)], offset
+
+
+def test_a_stream_holds_back_only_what_the_budget_allows_and_gives_it_back(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[1]
+    expected = blob_bytes(server, video)
+    pushes = Pushes()
+    held: list[int] = []
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack, trio.open_nursery() as nursery:
+            data = DataStore(
+                stack.fetcher, stack.blocks, readahead=ReadAheadConfig(budget_blocks=3)
+            )
+            data.start(nursery)
+            inode = await inode_of(stack.vfs, video_path(capture_id, video))
+            handle = await data.open(stack.vfs.namespace.node(inode).source, None, pushes)
+            assert await data.read(handle, 0, MiB) == expected[:MiB]
+            # The whole (12 MiB) file comes at once; half its window is held back for the
+            # reader's next read to move on, but only 3 blocks may be: the rest is pushed.
+            with trio.fail_after(5):
+                while len(pushes.got) + data.held_back < 12:
+                    held.append(data.held_back)
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            held.append(data.held_back)
+            assert max(held) == 3 and len(pushes.got) == 12 - 3
+            data.release(handle)
             await trio.testing.wait_all_tasks_blocked()
-            assert asked == [(0, 2)]  # one request for what the budget allowed
-            release.set()
-        assert budget.value == 3  # every block landed: the budget is whole again
-        assert await cache.get("v", 0, 2, fetch) == [bytes([i]) * 16 for i in range(3)]
-        assert asked == [(0, 2)]  # served from memory
+            assert data.held_back == 0  # the stream is gone: the budget is whole again
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    for offset, data in pushes.got.items():
+        assert data == expected[offset : offset + len(data)], offset
+
+
+def test_a_stream_stopped_mid_fetch_leaves_no_reader_waiting_on_it_stuck(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[1]  # 12 MiB: fetched whole from its first read
+    expected = blob_bytes(server, video)
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            sequential = await _open(stack, capture_id, video)
+            other = await _open(stack, capture_id, video)
+            server.faults.update(latency_s=0.3)  # the stream's GET is in flight a while
+            with trio.fail_after(10):  # a waiter left waiting on a dead stream would hang
+                async with trio.open_nursery() as nursery:
+
+                    async def start_stream() -> None:
+                        got["head"] = bytes(await stack.data.read(sequential, 0, MiB))
+
+                    async def wait_on_it() -> None:
+                        await trio.sleep(0.05)  # block 9 is the stream's by now
+                        got["ninth"] = bytes(await stack.data.read(other, 9 * MiB, 100))
+
+                    nursery.start_soon(start_stream)
+                    nursery.start_soon(wait_on_it)
+                    await trio.sleep(0.1)
+                    stack.data.release(sequential)  # the file is closed: the stream stops
+            server.faults.update(latency_s=0)
+
+    trio.run(main)
+    assert got["head"] == expected[:MiB]
+    assert got["ninth"] == expected[9 * MiB : 9 * MiB + 100]
+
+
+def test_a_far_seek_stops_the_stream_and_reads_only_what_it_needs(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[0]  # 40 MiB: beyond what is fetched whole at once
+    expected = blob_bytes(server, video)
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            handle = await _open(stack, capture_id, video)
+            for i in range(4):
+                assert (
+                    await stack.data.read(handle, i * MiB, MiB) == expected[i * MiB : (i + 1) * MiB]
+                )
+            assert handle.stream is not None and handle.stream.window >= 4 * MiB
+            server.stats.reset()
+            far = 39 * MiB + 7
+            assert await stack.data.read(handle, far, 10) == expected[far : far + 10]
+            assert handle.stream is None  # random access now: no read-ahead
+            ranges = server.stats.snapshot()["blob_ranges"]
+            assert [(r[1], r[2]) for r in ranges if r[2] >= 30 * MiB] == [(39 * MiB, 40 * MiB - 1)]
 
     trio.run(main)

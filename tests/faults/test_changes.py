@@ -141,7 +141,14 @@ def test_change_detected_by_one_reader_reaches_the_next(
     old = (private_fake.dataset.dir / "blobs" / video.blob_id).read_bytes()
     with mounter(*mount_args(private_fake), server=private_fake) as m:
         path = m.path / video.rel
-        assert pread(path, 0, BLOCK) == old[:BLOCK]
+        # The start, read by random access: a first read at offset 0 would fetch this small
+        # file whole, leaving no uncached block to notice the change on.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 100, BLOCK) == old[BLOCK : BLOCK + 100]
+            assert os.pread(fd, BLOCK, 0) == old[:BLOCK]
+        finally:
+            os.close(fd)
         new, _ = replace(private_fake, video)
         tail = video.size - 100
         try:

@@ -56,10 +56,11 @@ def _last_block_untouched(fake: FakeServer, f: DataFile) -> int:
 
 @contextmanager
 def opened_mid_file(m: Mount, f: DataFile, content: bytes) -> Iterator[int]:
-    """A file descriptor on *f*, its first bytes already read: a reader in the middle of a file."""
+    """A file descriptor on *f* that has read a little of its second block: a reader in the
+    middle of a file. (A first read at offset 0 would fetch a file this small whole.)"""
     fd = os.open(m.path / f.rel, os.O_RDONLY)
     try:
-        assert os.pread(fd, 4096, 0) == content[:4096]
+        assert os.pread(fd, 4096, BLOCK) == content[BLOCK : BLOCK + 4096]
         yield fd
     finally:
         os.close(fd)
