@@ -249,13 +249,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     command_line = said(args, MOUNT)
     name, profile = profile_of(command_line)
     values = layer(command_line, profile)
-    token = find_token(
+    token, source = find_token(
         command_line.get("token_file"),
         profile.get("token_file"),
         name,
         required=not value_of(values, "offline"),
     )
-    return lifecycle.run(resolve(args.mountpoint, token, values))
+    return lifecycle.run(resolve(args.mountpoint, token, values, source))
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
