@@ -104,6 +104,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     ):
         offline = config.offline
         stat_cache.offline = offline
+        source = config.token_source
         client = CupixClient(
             api_http,
             config.api_url,
@@ -112,6 +113,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             config.per_page,
             cache=responses,
             offline=offline,
+            # A token from the environment cannot change: nothing to read again.
+            token_source=source if source is not None and source.rereadable else None,
         )
         fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, config.max_requests)
         fetcher.offline = offline
