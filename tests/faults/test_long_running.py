@@ -7,10 +7,13 @@
 * Under systemd (a fake ``NOTIFY_SOCKET`` here), ``READY=1`` comes once the mount answers,
   from the process systemd started, and ``STOPPING=1`` when it goes.
 * The log file of a background mount is renamed (logrotate): new lines go to a new file.
+* A cache directory written by a cupixfs of another cache format is set aside, never read;
+  one from before the format marker is adopted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,9 +31,17 @@ from typing import Any
 
 import pytest
 
+from cupixfs.data.disk_cache import block_header
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN, Mount, cupixfs_cmd, mount_env
-from tests.faults.conftest import data_files, errno_name, largest, log_lines, pin_args
+from tests.faults.conftest import (
+    data_files,
+    errno_name,
+    largest,
+    log_lines,
+    pin_args,
+    sha256_fresh,
+)
 
 NEW_TOKEN = "rotated-token-1111-SECRET"
 NEWER_TOKEN = "rotated-token-2222-SECRET"
@@ -387,3 +398,73 @@ def _pids_of(mountpoint: Path) -> list[str]:
             found.append(f"{proc.name} {cmdline!r}")
     assert len(found) == 1, found
     return found
+
+
+# --- another version's cache -------------------------------------------------------------------
+
+
+def _poison_blocks(cache: Path) -> int:
+    """Give every cached block other bytes under a valid header: whoever reads them is misled."""
+    count = 0
+    for path in (cache / "blocks").rglob("*"):
+        if path.is_file():
+            payload = bytes(b ^ 0xFF for b in path.read_bytes()[16:])
+            path.write_bytes(block_header(payload) + payload)
+            count += 1
+    return count
+
+
+def test_a_cache_of_a_future_format_is_set_aside_unread(
+    mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    single = _capture(dataset, "single")
+    video = next(f for f in data_files(dataset) if f.rel.startswith(f"captures/{single['id']}/"))
+    cache = tmp_path / "cache"
+    args = ["--capture", str(single["id"])]
+    with mounter(*args, cache_dir=cache) as m:
+        assert sha256_fresh(m.path / video.rel) == video.sha256
+    assert json.loads((cache / "cache-format.json").read_text())["format"] == 1
+    # A newer cupixfs took the directory over: same names, bytes that mean something else.
+    assert _poison_blocks(cache) > 0
+    (cache / "cache-format.json").write_text('{"format": 99, "written_by": "cupixfs 9.0"}')
+    (cache / "demo-data").mkdir()  # the demo's sample data is not the cache's: it stays
+
+    with mounter(*args, cache_dir=cache) as m:
+        digest = sha256_fresh(m.path / video.rel)
+        log = m.log_text()
+    stats = subprocess.run(cupixfs_cmd("cache", "stats", "--cache-dir", str(cache)),
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    aside = cache / "old-format-99"
+    aside_files = sorted(str(p.relative_to(aside)) for p in aside.rglob("*") if p.is_file())
+    marker = json.loads((cache / "cache-format.json").read_text())
+    cleared = subprocess.run(cupixfs_cmd("cache", "clear", "--cache-dir", str(cache)),
+                             capture_output=True, text=True, check=False)  # fmt: skip
+
+    assert digest == video.sha256  # fetched again, not misread from the other format
+    assert len(log_lines(log, "set it aside")) == 1, log
+    assert "format 99 (written by cupixfs 9.0)" in log and "Traceback" not in log
+    assert "cache-format.json" in aside_files and "last-mount.json" in aside_files
+    assert any(name.startswith("blocks/") for name in aside_files)
+    assert marker["format"] == 1 and (cache / "demo-data").is_dir()
+    assert "old-format-99" in stats.stdout, stats.stdout
+    assert cleared.returncode == 0 and not aside.exists()
+
+
+def test_a_cache_from_before_the_format_marker_is_adopted(
+    mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    single = _capture(dataset, "single")
+    video = next(f for f in data_files(dataset) if f.rel.startswith(f"captures/{single['id']}/"))
+    cache = tmp_path / "cache"
+    args = ["--capture", str(single["id"])]
+    with mounter(*args, cache_dir=cache) as m:
+        assert sha256_fresh(m.path / video.rel) == video.sha256
+    (cache / "cache-format.json").unlink()  # as the cupixfs of before the marker left it
+    fake.stats.reset()
+    with mounter(*args, cache_dir=cache) as m:
+        assert sha256_fresh(m.path / video.rel) == video.sha256
+        log = m.log_text()
+    assert fake.stats.snapshot()["blob_bytes"] == 0  # every byte from the adopted cache
+    assert (cache / "cache-format.json").exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith("old-format-")]
+    assert "set it aside" not in log
