@@ -111,13 +111,13 @@ def find_token(
 ) -> tuple[str, TokenSource]:
     """The token per the order above and where it came from; "" when none is found and
     none is *required*."""
-    if cli_file is not None:
-        return read_token_file(cli_file), TokenSource("file", cli_file)
+    if cli_file is not None:  # absolute: a running mount may read it again from anywhere
+        return read_token_file(cli_file), TokenSource("file", cli_file.absolute())
     token = os.environ.get(ENV, "").strip()
     if token:
         return token, TokenSource("environment")
     if profile_file is not None:
-        return read_token_file(profile_file), TokenSource("file", profile_file)
+        return read_token_file(profile_file), TokenSource("file", profile_file.absolute())
     token = keyring_get(profile) or ""
     if not token and required:
         raise TokenError(NO_TOKEN)

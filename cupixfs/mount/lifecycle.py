@@ -130,21 +130,27 @@ async def reload(stack: Stack, config: MountConfig) -> None:
 
     The next ``ls`` or stat asks the API (and storage) again, as after their TTL;
     the kernel is told to forget the names it caches, so it asks us. The mount
-    stays, and open files keep the version they read.
+    stays, and open files keep the version they read. A reload that goes wrong is
+    logged; it never takes the mount down.
     """
     systemd.reloading()
-    source = config.token_source
-    if source is not None and source.kind == "environment":
-        log.info("the token came from %s, which a running mount cannot read again", source)
-    else:
-        await stack.client.renew_token()  # logs a line if there is a new one
-    entries = stack.vfs.namespace.expire_listings()
-    stack.data.drop_sizes()
-    await trio.to_thread.run_sync(_forget_kernel_entries, entries)
-    log.info(
-        "reloaded: %d cached names dropped; listings and sizes are fetched again", len(entries)
-    )
-    systemd.notify("READY=1")
+    try:
+        source = config.token_source
+        if source is not None and source.kind == "environment":
+            log.info("the token came from %s, which a running mount cannot read again", source)
+        else:
+            await stack.client.renew_token()  # logs a line if there is a new one
+        entries = stack.vfs.namespace.expire_listings()
+        stack.data.drop_sizes()
+        await trio.to_thread.run_sync(_forget_kernel_entries, entries)
+        log.info(
+            "reloaded: %d cached names dropped; listings and sizes are fetched again", len(entries)
+        )
+    except Exception as exc:
+        log.error("reload failed: %s: %s", type(exc).__name__, exc)
+        log.debug("traceback of the failed reload", exc_info=exc)
+    finally:
+        systemd.notify("READY=1")
 
 
 def _forget_kernel_entries(entries: list[tuple[int, str]]) -> None:
