@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin
 
 import httpx
+import trio
 
 from cupixfs.api.models import Json, Pointcloud, Resource, Video
 from cupixfs.api.response_cache import ResponseCache
@@ -32,6 +33,17 @@ POINTCLOUD_FIELDS = (
 )
 RESOURCE_FIELDS = "id,name,kind"
 MAX_PAGES = 100_000  # a guard against a server whose next_page never ends
+#: After a 401/403 the token is looked up again at most this often: a rotated token is
+#: picked up within this long, and a revoked one does not hammer the disk or the keyring.
+TOKEN_REREAD_EVERY = 30.0
+
+
+class TokenReader(Protocol):
+    """Where the token came from (a `cupixfs.config.token.TokenSource`); its ``str`` is logged."""
+
+    def read(self) -> str:
+        """The token there now (blocking); raises when there is none."""
+        ...
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -72,10 +84,15 @@ class CupixClient:
         on_retry: Callable[[], None] | None = None,
         cache: ResponseCache | None = None,
         offline: bool = False,
+        token_source: TokenReader | None = None,
     ) -> None:
         self._http = http
         self._base = api_url.rstrip("/") + "/"
         self._token = token
+        #: Read again when the API refuses the token (None: the token cannot change).
+        self._token_source = token_source
+        self._token_lock = trio.Lock()
+        self._token_read_at: float | None = None
         self._policy = policy or RetryPolicy()
         self._per_page = per_page
         self._on_retry = on_retry
@@ -91,7 +108,11 @@ class CupixClient:
         return urljoin(self._base, path.lstrip("/"))
 
     async def _send(self, path: str, params: dict[str, Any], what: str) -> httpx.Response:
-        """One GET with auth, retried on transient faults; redirects are not followed."""
+        """One GET with auth, retried on transient faults; redirects are not followed.
+
+        A refused token (401/403) is looked up again where it came from; if it was
+        rotated there, the call is made once more with the new one.
+        """
 
         async def attempt() -> httpx.Response:
             self.requests += 1
@@ -112,7 +133,43 @@ class CupixClient:
             if self._on_retry is not None:
                 self._on_retry()
 
+        sent_with = self._token
+        try:
+            return await retrying(attempt, self._policy, what, count_retry)
+        except AuthError:
+            if not await self.renew_token(refused=sent_with):
+                raise
         return await retrying(attempt, self._policy, what, count_retry)
+
+    async def renew_token(self, refused: str | None = None) -> bool:
+        """Read the token again where it came from; True if there is a new one to use.
+
+        After a refusal (*refused* is the token the API refused) it is read at most
+        once per `TOKEN_REREAD_EVERY`, and a token another call has already renewed
+        counts as new; without one (SIGHUP) it is read at once.
+        """
+        if self._token_source is None:
+            return False
+        async with self._token_lock:  # concurrent refusals read it once
+            now = trio.current_time()
+            if refused is not None:
+                if self._token != refused:
+                    return True
+                if self._token_read_at is not None and now - self._token_read_at < (
+                    TOKEN_REREAD_EVERY
+                ):
+                    return False
+            self._token_read_at = now
+            try:
+                token = await trio.to_thread.run_sync(self._token_source.read)
+            except Exception as exc:  # a file mid-rotation, a locked keyring: keep the old one
+                log.warning("cannot read the API token again: %s", exc)
+                return False
+            if token == self._token:
+                return False
+            self._token = token
+            log.info("picked up a new API token from %s", self._token_source)
+            return True
 
     async def _get_json(self, path: str, params: dict[str, Any]) -> Json:
         what = f"GET {path}"

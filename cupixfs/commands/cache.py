@@ -1,9 +1,13 @@
 """``cupixfs cache stats`` and ``cupixfs cache clear``: look at and empty the persistent cache.
 
-`cupixfs.data.layout` says where the cache directory keeps what: a mounted file's
+`cupixfs.core.cache_layout` says where the cache directory keeps what: a mounted file's
 ``user.cupix.cache_key`` attribute leads to its blocks and its saved size. Clearing
 only deletes files: a running mount treats a vanished block as a miss and fetches it
 again, so both commands are safe while mounted.
+
+A cache of another cupixfs version's format (`cupixfs.core.cache_format`) is shown for
+what it is, and what a mount set aside (``old-format-<N>/``) is listed apart and
+removed by clearing everything.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, TextIO
 
 from cupixfs.commands import humanize
 from cupixfs.config.settings import UsageError
+from cupixfs.core import cache_format
 from cupixfs.core import cache_layout as layout
 
 CACHE_KEY_XATTR = "user.cupix.cache_key"
@@ -74,6 +79,9 @@ def stats(cache_dir: Path, bound: int, as_json: bool = False, out: TextIO = sys.
     last = last_mount(cache_dir)
     if last is not None and _count(last, "cache_size") > 0:
         bound = _count(last, "cache_size")
+    marker = cache_format.read_marker(cache_dir)
+    foreign = marker is not None and marker.format != layout.FORMAT
+    aside = {path.name: usage(path).bytes for path in cache_format.set_aside_dirs(cache_dir)}
     if as_json:
         json.dump(
             {
@@ -82,6 +90,9 @@ def stats(cache_dir: Path, bound: int, as_json: bool = False, out: TextIO = sys.
                 "bound": bound,
                 "block_files": blocks.files,
                 "last_mount": last,
+                "format": marker.format if marker is not None else layout.FORMAT,
+                "readable": not foreign,
+                "set_aside": aside,
             },
             out,
             indent=2,
@@ -93,6 +104,19 @@ def stats(cache_dir: Path, bound: int, as_json: bool = False, out: TextIO = sys.
         ("size on disk", f"{humanize.size(blocks.bytes)} of {humanize.size(bound)}"),
         ("block files", str(blocks.files)),
     ]
+    if marker is not None and foreign:
+        rows.append(
+            (
+                "format",
+                f"{'unknown' if marker.format is None else marker.format}, written by "
+                f"{marker.written_by}; this cupixfs reads format {layout.FORMAT}, "
+                "so its next mount sets this cache aside",
+            )
+        )
+    for name, size in aside.items():
+        rows.append(
+            ("set aside", f"{name}: {humanize.size(size)} (another version's cache; unused)")
+        )
     if last is None:
         rows.append(("last mount", "none recorded"))
     else:
@@ -133,7 +157,8 @@ def _remove(path: Path) -> Usage:
 
 
 def clear_all(cache_dir: Path) -> Usage:
-    """Empty ``blocks/`` and ``stats/``, keeping the directories a running mount writes into."""
+    """Empty ``blocks/`` and ``stats/``, keeping the directories a running mount writes into,
+    and remove the caches of other versions set aside in *cache_dir*."""
     removed = Usage()
     for part in (layout.BLOCKS, layout.STATS):
         root = cache_dir / part
@@ -143,6 +168,8 @@ def clear_all(cache_dir: Path) -> Usage:
             held = _remove(entry)
             if part == layout.BLOCKS:
                 removed.add(held)
+    for aside in cache_format.set_aside_dirs(cache_dir):
+        removed.add(_remove(aside))
     return removed
 
 

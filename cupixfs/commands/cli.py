@@ -249,13 +249,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     command_line = said(args, MOUNT)
     name, profile = profile_of(command_line)
     values = layer(command_line, profile)
-    token = find_token(
+    token, source = find_token(
         command_line.get("token_file"),
         profile.get("token_file"),
         name,
         required=not value_of(values, "offline"),
     )
-    return lifecycle.run(resolve(args.mountpoint, token, values))
+    return lifecycle.run(resolve(args.mountpoint, token, values, source))
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
@@ -269,12 +269,13 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from cupixfs.core import cache_layout as layout
     from cupixfs.fake.sample import generate, profile
     from cupixfs.fake.server import FakeServer
     from cupixfs.mount import lifecycle
 
     values = said(args, DEMO)
-    data_dir = args.data_dir or value_of(values, "cache_dir") / "demo-data"
+    data_dir = args.data_dir or value_of(values, "cache_dir") / layout.DEMO_DATA
     mountpoint = args.mountpoint or Path(tempfile.mkdtemp(prefix="cupixfs-demo-"))
     mountpoint.mkdir(parents=True, exist_ok=True)
     print(f"cupixfs demo: generating sample data in {data_dir} ...", file=sys.stderr)

@@ -22,9 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupixfs.api.client import DEFAULT_API_URL
+
+if TYPE_CHECKING:  # token.py builds on this module
+    from cupixfs.config.token import TokenSource
 
 
 class UsageError(Exception):
@@ -419,14 +422,19 @@ class MountConfig:
     log_file: Path | None
     debug: bool
     allow_other: bool
+    #: Where *token* came from, read again when the API refuses it or on SIGHUP
+    #: (None: nowhere to look, as for the demo's fixed token).
+    token_source: TokenSource | None = field(default=None, repr=False)
 
     @classmethod
     def fields_from_settings(cls) -> set[str]:
         """The fields that come from `SETTINGS`."""
-        return {f.name for f in dataclasses.fields(cls)} - {"mountpoint", "token"}
+        return {f.name for f in dataclasses.fields(cls)} - {"mountpoint", "token", "token_source"}
 
 
-def resolve(mountpoint: Path, token: str, values: Values) -> MountConfig:
+def resolve(
+    mountpoint: Path, token: str, values: Values, token_source: TokenSource | None = None
+) -> MountConfig:
     """The `MountConfig` for *values* (already layered), with the table's defaults for the rest."""
     said = {s.name: value_of(values, s.name) for s in SETTINGS if s.mount_config}
-    return MountConfig(mountpoint=mountpoint, token=token, **said)
+    return MountConfig(mountpoint=mountpoint, token=token, token_source=token_source, **said)

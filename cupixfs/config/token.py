@@ -12,6 +12,10 @@ token file must be private (no group/other permission bits), for the same
 reason. The keyring is optional (``pip install 'cupixfs[keyring]'``): without
 it, or without a usable backend (a headless server), lookups skip it quietly
 and ``login`` says so in one line.
+
+`find_token` also says where it found the token (a `TokenSource`), so that a
+running mount can look there again when the API starts refusing it: a token
+rotated in its file or in the keyring is picked up without a remount.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import logging
 import os
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TextIO
+from typing import Literal, TextIO
 
 from cupixfs.config.settings import UsageError
 
@@ -61,21 +66,62 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+@dataclass(frozen=True)
+class TokenSource:
+    """Where a token was found, and how to read it there again after a rotation.
+
+    A rotated token is written where the old one was: into the token file, or into
+    the keyring by ``cupixfs login``. The environment of a running process never
+    changes, so a token from ``CUPIX_API_TOKEN`` cannot be read again.
+    """
+
+    kind: Literal["file", "environment", "keyring", "none"]
+    file: Path | None = None
+    #: The keyring entry's profile name.
+    profile: str = ""
+
+    @property
+    def rereadable(self) -> bool:
+        return self.kind in ("file", "keyring")
+
+    def read(self) -> str:
+        """The token this source holds now; `TokenError` if it has none or cannot be re-read.
+
+        Blocking (a file, or the keyring's D-Bus): call it from a worker thread.
+        """
+        if self.kind == "file" and self.file is not None:
+            return read_token_file(self.file)
+        if self.kind == "keyring":
+            token = keyring_get(self.profile)
+            if not token:
+                raise TokenError(f"{self} holds no token")
+            return token
+        raise TokenError(f"a token from {self} cannot be read again by a running mount")
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"token file {self.file}"
+        if self.kind == "keyring":
+            return f"the keyring entry {KEYRING_SERVICE}/{self.profile}"
+        return ENV if self.kind == "environment" else "no token source"
+
+
 def find_token(
     cli_file: Path | None, profile_file: Path | None, profile: str, required: bool = True
-) -> str:
-    """The token per the order above; "" when none is found and none is *required*."""
-    if cli_file is not None:
-        return read_token_file(cli_file)
+) -> tuple[str, TokenSource]:
+    """The token per the order above and where it came from; "" when none is found and
+    none is *required*."""
+    if cli_file is not None:  # absolute: a running mount may read it again from anywhere
+        return read_token_file(cli_file), TokenSource("file", cli_file.absolute())
     token = os.environ.get(ENV, "").strip()
     if token:
-        return token
+        return token, TokenSource("environment")
     if profile_file is not None:
-        return read_token_file(profile_file)
+        return read_token_file(profile_file), TokenSource("file", profile_file.absolute())
     token = keyring_get(profile) or ""
     if not token and required:
         raise TokenError(NO_TOKEN)
-    return token
+    return token, TokenSource("keyring" if token else "none", profile=profile)
 
 
 # -- the OS keyring ----------------------------------------------------------------------

@@ -6,12 +6,18 @@
     stats/<kk[:32]>.json                     that file's size and ETag (a remount need not probe)
     api/<digest>.json                        complete API listings, for --offline
     last-mount.json                          the counters of the last (or running) mount
+    cache-format.json                        which `FORMAT` all of the above is in
+    old-format-<N>/                          a cache of another format, set aside unread
+    demo-data/                               ``cupixfs demo``'s sample data (not the cache's)
 
 ``kk`` is the sha256 of the remote file's cache key (``videos/5001``), which a mounted
 file shows as its ``user.cupix.cache_key`` attribute, and ``vv`` that of its version
 (key, ETag and size): blocks of two versions of a file never meet, and everything cached
 of one file is one directory plus one stats file, which is how ``cupixfs cache clear
 PATH`` finds them.
+
+Everything named here is one format, `FORMAT`; `cupixfs.core.cache_format` sets aside a
+cache directory written in another one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,21 @@ BLOCKS = "blocks"
 STATS = "stats"
 API = "api"
 LAST_MOUNT = "last-mount.json"
+DEMO_DATA = "demo-data"
+
+#: The format of everything this module names. Bump it with any change to a name or to
+#: what a file holds that another cupixfs would misread (a cache directory without a
+#: marker is from before it, and in format 1).
+FORMAT = 1
+#: ``{"format": FORMAT, "written_by": "cupixfs <version>"}``.
+FORMAT_FILE = "cache-format.json"
+#: ``old-format-<N>``: where a cache of format N was set aside.
+SET_ASIDE_PREFIX = "old-format-"
+
+
+def set_aside_dir(format: int | None) -> str:
+    """Where a cache of *format* (None: an unreadable marker) is set aside."""
+    return SET_ASIDE_PREFIX + ("unknown" if format is None else str(format))
 
 
 def sha(text: str) -> str:

@@ -127,12 +127,14 @@ class DataStore:
         self._fetcher.forget(key)
 
     def drop_sizes(self) -> None:
-        """Forget every size and ETag learnt so far (a reload): the next stat asks again.
+        """Expire every size and ETag learnt so far (a reload): the next stat asks storage.
 
-        Open handles keep the version they pinned; a read on one that finds a new
-        version fails as it would have at the next TTL.
+        They expire rather than vanish, so the next stat probes storage (a size kept
+        on disk is not taken instead) and a change it finds is acted on as at any TTL;
+        while storage is down the last known size still serves. Open handles keep the
+        version they pinned.
         """
-        self._stats.clear()
+        self._stats = {key: (stat, 0.0) for key, (stat, _expires) in self._stats.items()}
         self._static.clear()
 
     @property

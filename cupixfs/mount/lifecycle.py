@@ -1,9 +1,15 @@
-"""A mount's life: check, mount, tell the caller it is ready, serve, unmount.
+"""A mount's life: check, mount, tell the caller it is ready, serve, reload, unmount.
 
-Without ``--foreground`` the process forks *before* any thread or event loop
-exists; the parent waits on a pipe until the child has mounted (exit 0) or
-failed (its one-line error, exit 1), so ``cupixfs mount`` returns only once
-the mount is usable, and a wrong token never leaves a mount behind.
+The mount is ready once the kernel answers a stat of the mountpoint (its FUSE
+INIT exchange is over). Without ``--foreground`` the process forks *before* any
+thread or event loop exists; the parent waits on a pipe until the child is
+ready (exit 0) or has failed (its one-line error, exit 1), so ``cupixfs mount``
+returns only once the mount is usable, and a wrong token never leaves a mount
+behind. Under systemd (``NOTIFY_SOCKET``) the ready process, or in background
+mode the parent on the child's behalf, also sends ``READY=1``.
+
+Signals: SIGINT and SIGTERM unmount; SIGHUP reloads (the token is read again,
+cached listings and sizes are dropped) and the mount stays.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
@@ -24,9 +30,10 @@ from cupixfs.config.settings import MountConfig, default_state_dir
 from cupixfs.core.errors import AuthError, CupixError, unwrap
 from cupixfs.core.redact import redact_url
 from cupixfs.fs.fuse_ops import CupixOperations
+from cupixfs.mount import systemd
 from cupixfs.mount.logs import setup as setup_logging
 from cupixfs.mount.mountinfo import find
-from cupixfs.mount.stack import open_stack
+from cupixfs.mount.stack import Stack, open_stack
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,10 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 async def serve(config: MountConfig, notify: Notify) -> None:
-    """Mount and serve until unmounted or signalled. *notify* gets None or an error line."""
+    """Mount and serve until unmounted or signalled.
+
+    *notify* gets None once the mount answers, or the error line if it never will.
+    """
     async with open_stack(config) as stack:
         try:
             await stack.client.check_auth()
@@ -108,18 +118,59 @@ async def serve(config: MountConfig, notify: Notify) -> None:
         stack.vfs.kernel.enable()
         stack.data.on_change = stack.vfs.changed
         log.info("mounted %s at %s", redact_url(config.api_url), config.mountpoint)
-        notify(None)
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-                nursery.start_soon(_after_init, config.mountpoint)
+                nursery.start_soon(_handle_signals, nursery, lambda: reload(stack, config))
+                nursery.start_soon(_after_init, config.mountpoint, notify)
                 await pyfuse3.main()
                 unmounted = True  # the kernel ended the session (fusermount3 -u)
                 nursery.cancel_scope.cancel()
         finally:
+            systemd.notify("STOPPING=1")
             pyfuse3.close(unmount=not unmounted)
             log.info("unmounted %s", config.mountpoint)
+
+
+async def reload(stack: Stack, config: MountConfig) -> None:
+    """SIGHUP: read the token again, and drop cached listings and sizes.
+
+    The next ``ls`` or stat asks the API (and storage) again, as after their TTL;
+    the kernel is told to forget the names it caches, so it asks us. The mount
+    stays, and open files keep the version they read. A reload that goes wrong is
+    logged; it never takes the mount down.
+    """
+    systemd.reloading()
+    try:
+        source = config.token_source
+        if source is not None and source.kind == "environment":
+            log.info("the token came from %s, which a running mount cannot read again", source)
+        else:
+            await stack.client.renew_token()  # logs a line if there is a new one
+        entries = stack.vfs.namespace.expire_listings()
+        stack.data.drop_sizes()
+        await trio.to_thread.run_sync(_forget_kernel_entries, entries)
+        log.info(
+            "reloaded: %d cached names dropped; listings and sizes are fetched again", len(entries)
+        )
+    except Exception as exc:
+        log.error("reload failed: %s: %s", type(exc).__name__, exc)
+        log.debug("traceback of the failed reload", exc_info=exc)
+    finally:
+        systemd.notify("READY=1")
+
+
+def _forget_kernel_entries(entries: list[tuple[int, str]]) -> None:
+    """Make the kernel forget cached names (and with them their attributes).
+
+    Run from a worker thread: the kernel waits for any lookup in progress in
+    the directory, which our own event loop answers.
+    """
+    for parent, name in entries:
+        try:
+            pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), pyfuse3.FileNameT(os.fsencode(name)))
+        except OSError as exc:  # ENOENT: the kernel had not cached it
+            log.debug("invalidate_entry(%d, %r): %s", parent, name, exc)
 
 
 #: The kernel's readahead for the mount (KiB). Its default, 128, caps FUSE reads at
@@ -143,22 +194,36 @@ def raise_kernel_readahead(mountpoint: Path, kb: int = KERNEL_READAHEAD_KB) -> N
         log.debug("kernel readahead left at its default: %s", exc)
 
 
-async def _after_init(mountpoint: Path) -> None:
-    """Settings the kernel only keeps once its FUSE_INIT exchange is over.
+#: How long the kernel may take to answer the first stat of a new mount.
+READY_TIMEOUT = 30.0
+
+
+async def _after_init(mountpoint: Path, notify: Notify) -> None:
+    """Say the mount is ready once the kernel answers a stat of it; then apply the
+    settings the kernel only keeps after its FUSE_INIT exchange.
 
     A statfs from a worker thread returns only after our own request loop has
-    answered INIT (and then the statfs), which is exactly when to apply them.
+    answered INIT (and then the statfs): from then on the mount is usable.
     """
-    with trio.move_on_after(10):
+    with trio.move_on_after(READY_TIMEOUT):
         await trio.to_thread.run_sync(os.statvfs, mountpoint, abandon_on_cancel=True)
+        notify(None)
         await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
+        return
+    raise MountError(f"{mountpoint} did not answer a stat within {READY_TIMEOUT:g}s of mounting")
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def _handle_signals(nursery: trio.Nursery, reload: Callable[[], Awaitable[None]]) -> None:
+    """SIGHUP reloads (in its own task, so a stop is never held up); SIGINT and SIGTERM
+    unmount."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP; reloading")
+                nursery.start_soon(reload)
+                continue
             log.info("received %s; unmounting", signal.Signals(signum).name)
-            scope.cancel()
+            nursery.cancel_scope.cancel()
             return
 
 
@@ -173,8 +238,13 @@ def run(config: MountConfig) -> int:
         return 1
     if config.foreground:
         setup_logging(config.debug, config.log_file)
-        return _run_here(config, lambda error: None)
+        return _run_here(config, _tell_systemd)
     return _run_daemon(config)
+
+
+def _tell_systemd(error: str | None) -> None:
+    if error is None:
+        systemd.notify("READY=1")
 
 
 def _run_here(config: MountConfig, notify: Notify) -> int:
@@ -211,6 +281,9 @@ def _run_daemon(config: MountConfig) -> int:
         with os.fdopen(read_end, "r") as pipe:
             line = pipe.readline().strip()
         if line == "ok":
+            # The parent is the process systemd started (its main PID): it says the
+            # mount is ready and hands the main PID over to the child that serves it.
+            systemd.notify("READY=1", f"MAINPID={pid}")
             return 0
         print(f"cupixfs: {line or 'the mount process died before it was ready'}", file=sys.stderr)
         os.waitpid(pid, 0)

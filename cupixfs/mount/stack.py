@@ -19,6 +19,7 @@ from cupixfs import __version__
 from cupixfs.api.client import CupixClient
 from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config.settings import MountConfig
+from cupixfs.core import cache_format
 from cupixfs.core.retry import Health, RetryPolicy
 from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
@@ -80,7 +81,12 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     # is re-checked every --listing-ttl, which catches changes updated_at misses.
     stat_cache = StatCache(config.cache_dir, ttl=max(config.listing_ttl, PERSISTED_STAT_TTL))
     responses = ResponseCache(config.cache_dir)
-    problem = await trio.to_thread.run_sync(prepare_cache_dir, config.cache_dir)
+
+    def prepare() -> str | None:
+        # A cache written by another cupixfs version is set aside before anything reads it.
+        return prepare_cache_dir(config.cache_dir) or cache_format.settle(config.cache_dir)
+
+    problem = await trio.to_thread.run_sync(prepare)
     if problem is None:
 
         def open_caches() -> None:
@@ -104,6 +110,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     ):
         offline = config.offline
         stat_cache.offline = offline
+        source = config.token_source
         client = CupixClient(
             api_http,
             config.api_url,
@@ -112,6 +119,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             config.per_page,
             cache=responses,
             offline=offline,
+            # A token from the environment cannot change: nothing to read again.
+            token_source=source if source is not None and source.rereadable else None,
         )
         fetcher = RangeFetcher(blob_http, SignedUrls(client), policy)
         fetcher.offline = offline

@@ -123,6 +123,19 @@ class Namespace:
                 return inode
         raise NotFound(f"no entry {name!r}")
 
+    def expire_listings(self) -> list[tuple[int, str]]:
+        """Make every cached listing stale (a reload): the next lookup or listing asks the API.
+
+        Inodes stay, so a path listed again keeps its inode, and a stale listing is
+        still served while the API is unreachable, as after its TTL. Returns the
+        ``(directory inode, name)`` of each entry they held: names the kernel may cache.
+        """
+        for listing in self._listings.values():
+            listing.expires = float("-inf")
+        return [
+            (inode, name) for inode, listing in self._listings.items() for name in listing.names
+        ]
+
     def inodes_with_source(self, key: str) -> list[int]:
         """Inodes of the files whose source has this key."""
         return [

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from cupixfs.api.client import CupixClient
 from cupixfs.core.errors import AuthError, NotFound, ProtocolError, Unavailable
@@ -123,3 +124,107 @@ def test_download_resolves_one_redirect_without_following_it() -> None:
 
     url = trio.run(_client(handler).resolve_download, "videos/5/download")
     assert url == "https://store.example/b?X-Amz-Signature=s"
+
+
+# -- a rotated token ------------------------------------------------------------------------
+
+
+class _Source:
+    """A token source that counts its reads; *token* is what a rotation wrote there."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.reads = 0
+
+    def read(self) -> str:
+        self.reads += 1
+        if not self.token:
+            raise OSError("cannot read token file /etc/t: No such file or directory")
+        return self.token
+
+    def __str__(self) -> str:
+        return "token file /etc/t"
+
+
+def _accepting(valid: set[str], seen: list[str]) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["X-CUPIX-AUTH"])
+        if request.headers["X-CUPIX-AUTH"] not in valid:
+            return httpx.Response(401)
+        return _page([_video(1)])
+
+    return handler
+
+
+def _rotating_client(
+    handler: Callable[[httpx.Request], httpx.Response], source: _Source
+) -> CupixClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return CupixClient(http, API, "old-SECRET", RetryPolicy(deadline=2.0), token_source=source)
+
+
+def test_a_refused_call_is_retried_once_with_a_rotated_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+    source = _Source("new-SECRET")
+    client = _rotating_client(_accepting({"new-SECRET"}, seen), source)
+
+    async def session() -> None:
+        assert len(await client.list_videos(10)) == 1
+        assert len(await client.list_videos(10)) == 1  # the new token sticks
+
+    with caplog.at_level(logging.DEBUG):
+        trio.run(session)
+    assert seen == ["old-SECRET", "new-SECRET", "new-SECRET"]
+    assert source.reads == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines.count("picked up a new API token from token file /etc/t") == 1
+    assert not any("SECRET" in line for line in lines)
+
+
+def test_an_unchanged_token_is_read_again_at_most_every_30_s() -> None:
+    seen: list[str] = []
+    source = _Source("old-SECRET")  # revoked, and nothing new written yet
+    client = _rotating_client(_accepting(set(), seen), source)
+    clock = trio.testing.MockClock()
+
+    async def session() -> None:
+        async def refused() -> None:
+            with pytest.raises(AuthError):
+                await client.list_videos(10)
+
+        async with trio.open_nursery() as nursery:  # a burst of refusals reads it once
+            for _ in range(5):
+                nursery.start_soon(refused)
+        assert source.reads == 1
+        clock.jump(29)
+        await refused()
+        assert source.reads == 1
+        source.token = "new-SECRET"  # written now: picked up at the next refusal after 30 s
+        clock.jump(2)
+        with pytest.raises(AuthError):  # "new-SECRET" is refused too: still EACCES
+            await client.list_videos(10)
+        assert source.reads == 2 and seen[-1] == "new-SECRET"
+        assert await client.renew_token() is False  # SIGHUP reads at once, even within 30 s
+        assert source.reads == 3
+
+    trio.run(session, clock=clock)
+    assert len(seen) == 5 + 1 + 2
+
+
+def test_a_token_that_cannot_be_read_again_keeps_the_old_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+    source = _Source("")  # the file vanished mid-rotation
+    client = _rotating_client(_accepting({"old-SECRET"}, seen), source)
+
+    async def session() -> None:
+        assert await client.renew_token() is False
+        assert len(await client.list_videos(10)) == 1
+
+    with caplog.at_level(logging.WARNING):
+        trio.run(session)
+    assert seen == ["old-SECRET"]
+    assert "cannot read the API token again: cannot read token file /etc/t" in caplog.text

@@ -257,14 +257,57 @@ def test_token_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cli_file = _secret(tmp_path, "cli", "from-cli-file")
     profile_file = _secret(tmp_path, "profile", "from-profile-file")
     monkeypatch.setenv("CUPIX_API_TOKEN", "from-env")
-    assert token.find_token(cli_file, profile_file, "site") == "from-cli-file"
-    assert token.find_token(None, profile_file, "site") == "from-env"
+    assert token.find_token(cli_file, profile_file, "site") == (
+        "from-cli-file",
+        token.TokenSource("file", cli_file),
+    )
+    assert token.find_token(None, profile_file, "site") == (
+        "from-env",
+        token.TokenSource("environment"),
+    )
     monkeypatch.delenv("CUPIX_API_TOKEN")
-    assert token.find_token(None, profile_file, "site") == "from-profile-file"
-    assert token.find_token(None, None, "site") == "from-keyring"
+    assert token.find_token(None, profile_file, "site") == (
+        "from-profile-file",
+        token.TokenSource("file", profile_file),
+    )
+    assert token.find_token(None, None, "site") == (
+        "from-keyring",
+        token.TokenSource("keyring", profile="site"),
+    )
     with pytest.raises(UsageError, match="no API token: set CUPIX_API_TOKEN"):
         token.find_token(None, None, "other")
-    assert token.find_token(None, None, "other", required=False) == ""  # --offline
+    assert token.find_token(None, None, "other", required=False)[0] == ""  # --offline
+
+
+def test_a_token_source_reads_the_token_there_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a running mount re-reads after a 401: the file or the keyring, never the env."""
+    store = _fake_keyring(monkeypatch)
+    store[("cupixfs", "site")] = "old"
+    path = _secret(tmp_path, "t", "old")
+    monkeypatch.setenv("CUPIX_API_TOKEN", "from-env")
+    from_file = token.TokenSource("file", path)
+    from_keyring = token.TokenSource("keyring", profile="site")
+    from_env = token.TokenSource("environment")
+    path.write_text("new-SECRET\n")
+    store[("cupixfs", "site")] = "rotated"
+    monkeypatch.setenv("CUPIX_API_TOKEN", "changed-env")
+    assert from_file.read() == "new-SECRET"
+    assert from_keyring.read() == "rotated"
+    assert from_file.rereadable and from_keyring.rereadable and not from_env.rereadable
+    with pytest.raises(UsageError, match="cannot be read again"):
+        from_env.read()
+    path.chmod(0o644)  # a rotation that got the mode wrong is refused, as at mount
+    with pytest.raises(UsageError, match="readable by others"):
+        from_file.read()
+    del store[("cupixfs", "site")]
+    with pytest.raises(UsageError, match="holds no token"):
+        from_keyring.read()
+    # Where it came from may be logged; the token never is.
+    described = " ".join(map(str, (from_file, from_keyring, from_env)))
+    assert str(path) in described and "cupixfs/site" in described and "CUPIX_API_TOKEN" in described
+    assert "SECRET" not in repr(from_file) + described
 
 
 def test_a_token_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
