@@ -5,8 +5,9 @@ everything in it (`cupixfs.core.cache_layout.FORMAT`) and the cupixfs that wrote
 it. Before a mount opens its caches, `settle` reads it:
 
 - the same format: the directory is used as it is;
-- no marker: a cache from before the marker existed, which is format 1; it is
-  adopted (the marker is written) and nothing is lost;
+- no marker and no cache in it: a new directory; the marker is written;
+- no marker but a cache in it: a cache from before the marker existed, which is
+  format 1 (`cache_layout.UNMARKED_FORMAT`), read like any other format;
 - any other format, from a newer or an older cupixfs, or a marker that cannot be
   read: everything in the directory is moved, unread, into ``old-format-<N>/``
   inside it, and a fresh cache is started, with one log line. The other version's
@@ -85,8 +86,10 @@ def settle(cache_dir: Path) -> str | None:
     be (the mount then runs without its disk caches)."""
     try:
         marker = read_marker(cache_dir)
+        if marker is None and any((cache_dir / name).exists() for name in layout.CONTENTS):
+            marker = Marker(layout.UNMARKED_FORMAT, "a cupixfs from before cache-format markers")
         if marker is None:
-            write_marker(cache_dir)  # adopted: today's format, from before the marker
+            write_marker(cache_dir)  # a new cache
         elif marker.format != layout.FORMAT:
             aside = _set_aside(cache_dir, marker)
             log.warning(

@@ -31,9 +31,14 @@ LAST_MOUNT = "last-mount.json"
 DEMO_DATA = "demo-data"
 
 #: The format of everything this module names. Bump it with any change to a name or to
-#: what a file holds that another cupixfs would misread (a cache directory without a
-#: marker is from before it, and in format 1).
-FORMAT = 1
+#: what a file holds that another cupixfs would misread. 1: block files with a 16-byte
+#: header (a cache directory without a marker, from before markers, is in format 1);
+#: 2: block files of a 4 KiB header page and a page-padded payload (`data.block_file`).
+FORMAT = 2
+#: What a cache directory written before the marker existed is in.
+UNMARKED_FORMAT = 1
+#: What a cache directory holds (a directory without any of these is new, not unmarked).
+CONTENTS = (BLOCKS, STATS, API, LAST_MOUNT)
 #: ``{"format": FORMAT, "written_by": "cupixfs <version>"}``.
 FORMAT_FILE = "cache-format.json"
 #: ``old-format-<N>``: where a cache of format N was set aside.

@@ -2,9 +2,10 @@
 
 Files live under ``<cache_dir>/blocks/`` as `cupixfs.data.layout` names them: blocks
 of two versions of a file never meet, and everything cached of one file is one
-directory (``cupixfs cache clear PATH`` removes it). Each file starts with a 16-byte header (magic,
-length, CRC-32 of the payload): a block truncated or corrupted by a power cut
-fails the check, is deleted, and is fetched again, never served.
+directory (``cupixfs cache clear PATH`` removes it). `cupixfs.data.block_file` says
+what one file holds (a checked header, the payload) and how it is written and read
+around the page cache; a block that fails its check is deleted and fetched again,
+never served.
 
 A block file is indexed only once it is written whole, and a file cut short
 by a crash fails its length/CRC check when the next mount reads it. Disk I/O
@@ -19,44 +20,16 @@ import contextlib
 import errno
 import logging
 import os
-import struct
 import threading
-import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
 
 import trio
 
 from cupixfs.core import cache_layout as layout
+from cupixfs.data import block_file
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"CPXB"
-HEADER = struct.Struct("<4sIII")  # magic, payload length, crc32, reserved
-
-
-def block_header(payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), 0)
-
-
-def read_block(f: BinaryIO) -> bytes | None:
-    """The payload of an open block file if it is whole and uncorrupted; None otherwise.
-
-    Header and payload are read separately so the 1 MiB payload is not copied
-    again to strip the header.
-    """
-    header = f.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None
-    magic, length, crc, _ = HEADER.unpack(header)
-    if magic != MAGIC:
-        return None
-    payload = f.read(length + 1)  # one byte more, to notice trailing garbage
-    if len(payload) != length or zlib.crc32(payload) != crc:
-        return None
-    return payload
-
 
 def prepare_cache_dir(path: Path) -> str | None:
     """Create *path* private (0700) and check it takes a file; the reason if it cannot.
@@ -168,8 +141,7 @@ class DiskCache:
                 return None
             self._lru.move_to_end(rel)
         try:
-            with open(path, "rb", buffering=0) as f:
-                payload = read_block(f)
+            payload = block_file.read(str(path))
         except OSError:
             self._forget(rel)
             self.misses += 1
@@ -186,8 +158,7 @@ class DiskCache:
         if not self.enabled:
             return
         rel, path = self._path(version, index)
-        header = block_header(payload)
-        total = len(header) + len(payload)
+        total = block_file.size_on_disk(len(payload))
         with self._lock:
             if rel in self._lru:
                 return
@@ -205,20 +176,12 @@ class DiskCache:
             # Written in place: a block is indexed (and so ever read) only once whole,
             # and one cut short by a crash fails its length/CRC check at the next mount.
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                block_file.write(str(path), payload)
             except FileNotFoundError:  # `cupixfs cache clear` removed the directory
                 self._dirs.discard(path.parent)
                 path.parent.parent.mkdir(exist_ok=True, mode=0o700)
                 path.parent.mkdir(exist_ok=True, mode=0o700)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                written = os.writev(fd, [header, payload])
-                if written < total:  # rare short write: finish it plainly
-                    rest = memoryview(header + payload)[written:]
-                    while rest:
-                        rest = rest[os.write(fd, rest) :]
-            finally:
-                os.close(fd)
+                block_file.write(str(path), payload)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(path)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cupixfs.data import block_file
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN
 from tests.faults.conftest import (
@@ -39,7 +40,7 @@ from tests.faults.conftest import (
 #: Words a log line about the token being refused would use.
 AUTH_WORDS = ("token", "401", "unauthori", "forbidden", "permission", "auth")
 
-HEADER = 16  # bytes of header in front of each block file's payload
+HEADER = block_file.PAGE  # bytes of header in front of each block file's payload
 
 
 def _capture(dataset: dict[str, Any], name: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@
   from the process systemd started, and ``STOPPING=1`` when it goes.
 * The log file of a background mount is renamed (logrotate): new lines go to a new file.
 * A cache directory written by a cupixfs of another cache format is set aside, never read;
-  one from before the format marker is adopted.
+  one from before the format marker is set aside too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from typing import Any
 
 import pytest
 
-from cupixfs.data.disk_cache import block_header
+from cupixfs.core import cache_layout as layout
+from cupixfs.data import block_file
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN, Mount, cupixfs_cmd, mount_env
 from tests.faults.conftest import (
@@ -408,8 +410,8 @@ def _poison_blocks(cache: Path) -> int:
     count = 0
     for path in (cache / "blocks").rglob("*"):
         if path.is_file():
-            payload = bytes(b ^ 0xFF for b in path.read_bytes()[16:])
-            path.write_bytes(block_header(payload) + payload)
+            payload = bytes(b ^ 0xFF for b in block_file.decode(path.read_bytes()) or b"")
+            path.write_bytes(block_file.encode(payload))
             count += 1
     return count
 
@@ -423,7 +425,7 @@ def test_a_cache_of_a_future_format_is_set_aside_unread(
     args = ["--capture", str(single["id"])]
     with mounter(*args, cache_dir=cache) as m:
         assert sha256_fresh(m.path / video.rel) == video.sha256
-    assert json.loads((cache / "cache-format.json").read_text())["format"] == 1
+    assert json.loads((cache / "cache-format.json").read_text())["format"] == layout.FORMAT
     # A newer cupixfs took the directory over: same names, bytes that mean something else.
     assert _poison_blocks(cache) > 0
     (cache / "cache-format.json").write_text('{"format": 99, "written_by": "cupixfs 9.0"}')
@@ -445,12 +447,12 @@ def test_a_cache_of_a_future_format_is_set_aside_unread(
     assert "format 99 (written by cupixfs 9.0)" in log and "Traceback" not in log
     assert "cache-format.json" in aside_files and "last-mount.json" in aside_files
     assert any(name.startswith("blocks/") for name in aside_files)
-    assert marker["format"] == 1 and (cache / "demo-data").is_dir()
+    assert marker["format"] == layout.FORMAT and (cache / "demo-data").is_dir()
     assert "old-format-99" in stats.stdout, stats.stdout
     assert cleared.returncode == 0 and not aside.exists()
 
 
-def test_a_cache_from_before_the_format_marker_is_adopted(
+def test_a_cache_from_before_the_format_marker_is_set_aside_unread(
     mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
 ) -> None:
     single = _capture(dataset, "single")
@@ -459,12 +461,19 @@ def test_a_cache_from_before_the_format_marker_is_adopted(
     args = ["--capture", str(single["id"])]
     with mounter(*args, cache_dir=cache) as m:
         assert sha256_fresh(m.path / video.rel) == video.sha256
-    (cache / "cache-format.json").unlink()  # as the cupixfs of before the marker left it
-    fake.stats.reset()
+    # As the cupixfs of before the marker left it: no marker, and its blocks in the old
+    # layout (a 16-byte header), here holding other bytes: whoever reads them is misled.
+    (cache / "cache-format.json").unlink()
+    for path in (cache / "blocks").rglob("*"):
+        if path.is_file():
+            payload = bytes(b ^ 0xFF for b in block_file.decode(path.read_bytes()) or b"")
+            path.write_bytes(
+                struct.pack("<4sIII", b"CPXB", len(payload), zlib.crc32(payload), 0) + payload
+            )
     with mounter(*args, cache_dir=cache) as m:
-        assert sha256_fresh(m.path / video.rel) == video.sha256
+        digest = sha256_fresh(m.path / video.rel)
         log = m.log_text()
-    assert fake.stats.snapshot()["blob_bytes"] == 0  # every byte from the adopted cache
-    assert (cache / "cache-format.json").exists()
-    assert not [p for p in cache.iterdir() if p.name.startswith("old-format-")]
-    assert "set it aside" not in log
+    assert digest == video.sha256  # fetched again, never misread
+    assert len(log_lines(log, "set it aside")) == 1, log
+    assert (cache / f"old-format-{layout.UNMARKED_FORMAT}" / "blocks").is_dir()
+    assert json.loads((cache / "cache-format.json").read_text())["format"] == layout.FORMAT

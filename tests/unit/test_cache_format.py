@@ -34,15 +34,23 @@ def _marker(root: Path) -> dict[str, object]:
     return loaded
 
 
-def test_a_cache_without_a_marker_is_adopted_as_it_is(tmp_path: Path) -> None:
+def test_a_new_directory_gets_the_marker(tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    cache.mkdir()
+    assert cache_format.settle(cache) is None
+    assert _files(cache).keys() == {layout.FORMAT_FILE}
+    assert _marker(cache)["format"] == layout.FORMAT
+    assert stat.S_IMODE((cache / layout.FORMAT_FILE).stat().st_mode) == 0o600
+    assert cache_format.settle(cache) is None and _files(cache).keys() == {layout.FORMAT_FILE}
+
+
+def test_a_cache_without_a_marker_is_in_the_first_format_and_set_aside(tmp_path: Path) -> None:
     cache = _cache(tmp_path / "c", None)
     before = _files(cache)
     assert cache_format.settle(cache) is None
-    after = _files(cache)
-    assert after.pop(layout.FORMAT_FILE) and after == before
+    aside = cache / f"old-format-{layout.UNMARKED_FORMAT}"
+    assert _files(aside) == before  # moved whole, unread
     assert _marker(cache)["format"] == layout.FORMAT
-    assert stat.S_IMODE((cache / layout.FORMAT_FILE).stat().st_mode) == 0o600
-    assert cache_format.settle(cache) is None and _files(cache) == _files(cache)
 
 
 def test_another_format_is_set_aside_whole_with_one_log_line(

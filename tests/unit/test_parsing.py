@@ -2,6 +2,7 @@
 
 import calendar
 import time
+from pathlib import Path
 
 import pytest
 
@@ -118,18 +119,30 @@ def test_split_chunks_recuts_without_losing_bytes() -> None:
         assert all(isinstance(p, bytes) for p in pieces)
 
 
-def test_block_files_detect_corruption() -> None:
-    import io
-
-    from cupixfs.data.disk_cache import block_header, read_block
+def test_block_files_detect_corruption(tmp_path: Path) -> None:
+    from cupixfs.data import block_file
 
     payload = bytes(range(256)) * 100
-    raw = block_header(payload) + payload
-    assert read_block(io.BytesIO(raw)) == payload
-    assert read_block(io.BytesIO(raw[:-1])) is None  # truncated
-    assert read_block(io.BytesIO(raw + b"x")) is None  # trailing garbage
+    raw = block_file.encode(payload)
+    assert len(raw) % block_file.PAGE == 0  # whole pages, as O_DIRECT writes them
+    assert block_file.decode(raw) == payload
+    assert block_file.decode(raw[:-1]) is None  # truncated
+    assert block_file.decode(raw + b"x") is None  # trailing garbage
     flipped = bytearray(raw)
-    flipped[100] ^= 1
-    assert read_block(io.BytesIO(bytes(flipped))) is None
-    assert read_block(io.BytesIO(b"XXXX" + raw[4:])) is None
-    assert read_block(io.BytesIO(b"")) is None
+    flipped[block_file.PAGE + 100] ^= 1
+    assert block_file.decode(bytes(flipped)) is None
+    assert block_file.decode(b"XXXX" + raw[4:]) is None
+    assert block_file.decode(b"") is None
+    # Written and read back through the filesystem (O_DIRECT where it takes it).
+    path = str(tmp_path / "block")
+    assert block_file.write(path, payload) == len(raw)
+    assert block_file.read(path) == payload
+    with open(path, "ab") as f:
+        f.write(b"x" * block_file.PAGE)
+    assert block_file.read(path) is None
+    full = bytes(block_file.MAX_PAYLOAD)
+    block_file.write(path, full)
+    assert block_file.read(path) == full
+    with open(path, "ab") as f:
+        f.write(b"x")
+    assert block_file.read(path) is None  # longer than any block file
