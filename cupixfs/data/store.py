@@ -110,6 +110,10 @@ class DataStore:
         self._blocks.background = nursery
         nursery.start_soon(self._sink.run)
 
+    async def aclose(self) -> None:
+        """At unmount: write the blocks still on their way to the disk cache."""
+        await self._sink.aclose()
+
     # -- what is kept per file ------------------------------------------------
 
     def forget(self, key: str) -> None:

@@ -67,12 +67,25 @@ class Sink:
     def __init__(self, blocks: BlockCache, depth: int = 16) -> None:
         self._blocks = blocks
         self._send, self._receive = trio.open_memory_channel[_Item](depth)
+        self._drained = trio.Event()
 
     async def put(self, item: _Item) -> None:
         await self._send.send(item)
 
+    async def aclose(self) -> None:
+        """Take no more blocks, and return once those taken are written (at unmount:
+        the last blocks of a read are in the disk cache for the next mount)."""
+        await self._send.aclose()
+        await self._drained.wait()
+
     async def run(self) -> None:
-        """Drain the channel until cancelled (at unmount)."""
+        """Drain the channel until it is closed, or cancelled."""
+        try:
+            await self._drain()
+        finally:
+            self._drained.set()
+
+    async def _drain(self) -> None:
         disk = self._blocks.disk
         async for first in self._receive:
             batch = [first]

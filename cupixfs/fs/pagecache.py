@@ -45,6 +45,11 @@ class KernelCache:
     def enable(self) -> None:
         self.enabled = True
 
+    def disable(self) -> None:
+        """No more pushes (the FUSE session is closing); waits for one in flight."""
+        with self._lock:
+            self.enabled = False
+
     def pusher(self, inode: int) -> Push | None:
         """What pushes blocks of *inode*'s current version (None when pushing is off)."""
         if not self.enabled:

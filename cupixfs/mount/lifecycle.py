@@ -128,6 +128,7 @@ async def serve(config: MountConfig, notify: Notify) -> None:
                 nursery.cancel_scope.cancel()
         finally:
             systemd.notify("STOPPING=1")
+            stack.vfs.kernel.disable()
             pyfuse3.close(unmount=not unmounted)
             log.info("unmounted %s", config.mountpoint)
 

@@ -36,6 +36,8 @@ from cupixfs.namespace.tree import Namespace
 log = logging.getLogger(__name__)
 
 PERSISTED_STAT_TTL = 24 * 3600.0
+#: At unmount, how long the blocks still on their way to the disk cache may take.
+DRAIN_TIMEOUT = 10.0
 
 
 @dataclass
@@ -162,4 +164,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         try:
             yield Stack(client, fetcher, blocks, data, Vfs(namespace, data, started), metrics)
         finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT) as drain:
+                await data.aclose()
+            if drain.cancelled_caught:
+                log.warning("unmounting before the last blocks reached the disk cache")
             background.cancel_scope.cancel()
