@@ -550,9 +550,12 @@ def write_mesh_zip(path: Path, mesh: MeshSpec, rng: random.Random) -> None:
     left = mesh.size - overhead - sum(len(m.stored) for m in members if m.stored is not None)
     if left < 0 or not fillers:
         raise ValueError(f"mesh size {mesh.size} cannot hold these members ({-left} bytes over)")
-    base, extra = divmod(left, len(fillers))
-    for i, member in enumerate(fillers):
-        data = rng.randbytes(base + (1 if i < extra else 0))
+    # Textures of varied sizes (a third to five thirds of the mean), summing to `left`.
+    weights = [rng.uniform(1 / 3, 5 / 3) for _ in fillers]
+    sizes = [int(left * w / sum(weights)) for w in weights]
+    sizes[-1] += left - sum(sizes)
+    for member, size in zip(fillers, sizes, strict=True):
+        data = rng.randbytes(size)
         member.stored, member.size, member.crc = data, len(data), zlib.crc32(data)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

@@ -96,7 +96,7 @@ class LasViews:
         """Whether *ply* gets a LAS view. Said yes when the PLY cannot be read right now
         (the view is then listed and fails like its PLY would)."""
         try:
-            await self._las(await self._open_base(ply))
+            await self._las(await self._open_base(ply, limit=HEAD_SIZE))
         except NotConvertible:
             return False
         except AuthError:
@@ -105,9 +105,12 @@ class LasViews:
             log.debug("%s: its PLY header cannot be read now (%s)", ply.key, exc)
         return True
 
-    async def _open_base(self, ply: RemoteFile) -> OpenFile:
+    async def _open_base(self, ply: RemoteFile, limit: int | None = None) -> OpenFile:
+        """A handle on *ply*; *limit* keeps its read-ahead short of the vertices when only
+        the header is wanted (a listing must not fetch a block of points)."""
         handle = await self._store.open(ply)
         handle.shown = True  # pinned: a layout learnt from one version fits no other
+        handle.limit = limit
         return handle
 
     def _lock(self, version: str) -> trio.Lock:
@@ -198,19 +201,20 @@ class LasViews:
 
     # -- the DerivedFiles side ---------------------------------------------------------
 
-    async def _open(self, source: LasView) -> tuple[OpenFile, _Las]:
-        base = await self._open_base(source.base)
+    async def _open(self, source: LasView, limit: int | None) -> tuple[OpenFile, _Las]:
+        base = await self._open_base(source.base, limit)
         try:
             return base, await self._las(base)
         except NotConvertible as exc:
             raise NotFound(f"{source.base.key}: no LAS view: {exc}") from None
 
     async def size(self, source: LasView) -> int:
-        _base, found = await self._open(source)
+        _base, found = await self._open(source, limit=HEAD_SIZE)
         return las.las_size(found.layout.count)
 
     async def open(self, source: LasView, cached_version: str | None) -> LasHandle:
-        base, found = await self._open(source)
+        base, found = await self._open(source, limit=HEAD_SIZE)
+        base.limit = None  # reading points: read-ahead as far as the reader goes
         version = f"{base.version}/las"
         return LasHandle(
             source, version=version, shown=version == cached_version, base=base, las=found
