@@ -230,3 +230,42 @@ def test_the_bounding_box_is_kept_for_a_remount(
         stats = fake.stats.snapshot()
         assert stats["blob_requests"] == 0 and stats["blob_bytes"] == 0, stats
         assert "bounding box of" not in m.log_text()
+
+
+def test_listing_a_sub_reads_only_the_ply_header(
+    mounter: Any, dataset: dict[str, Any], fake: FakeServer
+) -> None:
+    """Deciding whether pointcloud.las is listed costs the PLY's size probe, nothing more."""
+    [pc] = [
+        pc
+        for pc, layout in zip(_subs(dataset, "ply"), _ply_layouts(), strict=True)
+        if layout == "big_double"
+    ]
+    with mounter() as m:
+        fake.stats.reset()
+        assert "pointcloud.las" in os.listdir(_sub_dir(m.path, pc))
+        ply = [r for r in fake.stats.snapshot()["blob_ranges"] if r[0].endswith("-ply")]
+    assert ply and all(r[2] < 64 * 1024 for r in ply), ply
+
+
+def test_reading_a_stored_member_fetches_nothing_past_it(
+    mounter: Any, dataset: dict[str, Any], fake: FakeServer, test_data: Path
+) -> None:
+    [pc] = [pc for pc in _subs(dataset, "mesh") if pc["files"]["mesh"]["size"] == HOSTILE_SIZE]
+    blob = test_data / "blobs" / pc["files"]["mesh"]["blob_id"]
+    with zipfile.ZipFile(blob) as zf:
+        info = zf.getinfo("textures/tile_0000.jpg")
+        assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 512 * 1024
+        expected = zf.read(info)
+    with mounter() as m:
+        fake.stats.reset()
+        with open(_sub_dir(m.path, pc) / "mesh" / "textures" / "tile_0000.jpg", "rb") as f:
+            assert b"".join(iter(lambda: f.read(128 * 1024), b"")) == expected
+        ranges = [r for r in fake.stats.snapshot()["blob_ranges"] if r[0] == blob.name]
+    last_block = (info.header_offset + 200 + info.file_size) // MiB
+    # Its own blocks and the central directory's (the last one); the blocks between untouched.
+    for _blob, first, last in ranges:
+        assert first // MiB <= last_block or first // MiB == (HOSTILE_SIZE - 1) // MiB, (
+            first,
+            last,
+        )
