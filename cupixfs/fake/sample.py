@@ -436,9 +436,14 @@ def _deflate(data: bytes) -> bytes:
 
 
 def _obj_text(rng: random.Random, vocabulary: list[str], size: int) -> bytes:
-    """*size* bytes of OBJ/MTL-like text: compresses about as well as the real thing."""
-    text = "".join(rng.choices(vocabulary, k=size // 16 + 1)).encode()
-    return text[:size]
+    """*size* bytes of OBJ-like text that compresses about as well as the real thing, and
+    that an OBJ reader takes (its faces use the three vertices it starts with)."""
+    start = "v 0 0 0\nv 1 0 0\nv 0 1 0\n"
+    text = (start + "".join(rng.choices(vocabulary, k=size // 16 + 1))).encode()[:size]
+    if size < 2:
+        return text
+    cut = text.rfind(b"\n", 0, size - 1) + 1  # the cut-off last line becomes a comment
+    return text[:cut] + b"#" * (size - cut - 1) + b"\n"
 
 
 def _vocabulary(rng: random.Random) -> list[str]:
@@ -447,11 +452,8 @@ def _vocabulary(rng: random.Random) -> list[str]:
         for _ in range(1024)
     ]
     lines += [f"vt {rng.random():.5f} {rng.random():.5f}\n" for _ in range(512)]
-    lines += [
-        "f " + " ".join(f"{v}/{v}" for v in rng.sample(range(1, 60_000), 3)) + "\n"
-        for _ in range(512)
-    ]
-    lines += ["newmtl tile\n", "Ka 1.000 1.000 1.000\n", "map_Kd textures/tile.jpg\n"]
+    lines += ["f " + " ".join(map(str, rng.sample((1, 2, 3), 3))) + "\n" for _ in range(512)]
+    lines += ["# tile exported by the fake Cupix server\n", "g tile\n", "s off\n"]
     return lines
 
 
