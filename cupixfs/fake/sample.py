@@ -269,19 +269,23 @@ def _test() -> SampleSpec:
                     SubSpec(300_007, MeshSpec(40, 200_003), 1_001, _rot_z(30, 1.0, 2.0, 3.0)),
                     SubSpec(99_991, MeshSpec(3, 10_007)),
                     SubSpec(1_001, None, 257, ply_layout="extra"),
-                    SubSpec(65_537, None, 2_003, ply_layout="nocolor"),
+                    SubSpec(65_537),
                 ),
                 tm=_rot_z(90, 10.0, 0.0, -1.5),
             ),
             ClusterSpec("Cluster 2", "main", (SubSpec(123_457, None, 33, ply_layout="ascii"),)),
-            ClusterSpec("Cluster 3", "empty", (SubSpec(12_345, MeshSpec(1, 1_001)),)),
+            ClusterSpec(
+                "Cluster 3",
+                "empty",
+                (SubSpec(12_345, MeshSpec(1, 1_001), 2_003, ply_layout="nocolor"),),
+            ),
         ),
         records=(
             RecordSpec(
                 record,
                 (
-                    SubSpec(150_001, None, 120_001, ply_layout="big_double"),
-                    SubSpec(77_777, MeshSpec(7, 4_000_037, hostile=True)),
+                    SubSpec(150_001, None, 90_001, ply_layout="big_double"),
+                    SubSpec(77_777, MeshSpec(7, 2_900_037, hostile=True)),
                 ),
                 tm=_rot_z(-45, 5.0, 5.0, 0.0),
             ),
