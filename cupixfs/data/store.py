@@ -78,6 +78,8 @@ class DerivedFiles(Protocol):
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer: ...
 
+    def release(self, handle: OpenFile) -> None: ...
+
 
 @dataclass
 class ReadAheadConfig:
@@ -304,6 +306,8 @@ class DataStore:
 
     def release(self, handle: OpenFile) -> None:
         """The file was closed: stop its stream (claimed blocks go to other readers)."""
+        if isinstance(handle.source, DerivedFile) and self.derived is not None:
+            self.derived.release(handle)
         if handle.stream is not None:
             handle.stream.close()
             handle.stream = None
@@ -445,7 +449,6 @@ class DataStore:
         stream.advance(end, window)
         stream.prime()
         self.background.start_soon(stream.run)
-
 
     def _derived(self) -> DerivedFiles:
         if self.derived is None:

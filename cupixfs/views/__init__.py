@@ -13,7 +13,7 @@ from __future__ import annotations
 from cupixfs import __version__
 from cupixfs.core.errors import NotFound
 from cupixfs.data.sources import DerivedFile
-from cupixfs.data.store import DataStore, OpenFile
+from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.views.lasview import LasViews
 from cupixfs.views.notes import Notes
 from cupixfs.views.sources import LasView, ZipMember
@@ -30,6 +30,7 @@ class DerivedViews:
     """
 
     def __init__(self, store: DataStore, notes: Notes | None, inflated_bytes: int) -> None:
+        self._store = store
         self.zips = ZipViews(store, inflated_bytes)
         self.las = LasViews(store, notes, software=f"cupixfs {__version__}")
         store.derived = self
@@ -48,7 +49,13 @@ class DerivedViews:
             return await self.las.open(source, cached_version)
         raise NotFound(f"{source.key}: not a derived file this mount knows")
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         if isinstance(handle.source, ZipMember):
             return await self.zips.read(handle, offset, size)
         return await self.las.read(handle, offset, size)
+
+    def release(self, handle: OpenFile) -> None:
+        """The derived file was closed: so is its handle on the remote file (its stream)."""
+        base = getattr(handle, "base", None)
+        if isinstance(base, OpenFile):
+            self._store.release(base)

@@ -82,11 +82,13 @@ def _quantize(values: np.ndarray, offset: float) -> np.ndarray:
     return np.clip(scaled, _INT32.min, _INT32.max).astype("<i4")
 
 
-def _vertices(data: bytes, layout: PlyLayout) -> np.ndarray:
+def _vertices(data: bytes | memoryview, layout: PlyLayout) -> np.ndarray:
     return np.frombuffer(data, layout.dtype, count=len(data) // layout.stride)
 
 
-def bounds(data: bytes, layout: PlyLayout, offsets: tuple[float, float, float]) -> Bounds | None:
+def bounds(
+    data: bytes | memoryview, layout: PlyLayout, offsets: tuple[float, float, float]
+) -> Bounds | None:
     """Least and greatest stored X, Y, Z of the whole vertices in *data*; None if none."""
     vertices = _vertices(data, layout)
     if len(vertices) == 0:
@@ -107,7 +109,9 @@ def merge(a: Bounds | None, b: Bounds | None) -> Bounds | None:
     return (low[0], low[1], low[2]), (high[0], high[1], high[2])
 
 
-def points(data: bytes, layout: PlyLayout, offsets: tuple[float, float, float]) -> bytes:
+def points(
+    data: bytes | memoryview, layout: PlyLayout, offsets: tuple[float, float, float]
+) -> bytes:
     """The LAS records of the whole vertices in *data*."""
     vertices = _vertices(data, layout)
     out = np.zeros(len(vertices), POINT_DTYPE)

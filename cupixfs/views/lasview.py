@@ -21,7 +21,7 @@ import trio
 
 from cupixfs.core.errors import AuthError, CupixError, NotFound, ProtocolError, RemoteChanged
 from cupixfs.data.sources import RemoteFile
-from cupixfs.data.store import HEAD_SIZE, DataStore, OpenFile
+from cupixfs.data.store import HEAD_SIZE, Buffer, DataStore, OpenFile, same_version
 from cupixfs.views import las
 from cupixfs.views.notes import Notes
 from cupixfs.views.ply import MAX_HEADER, NotConvertible, PlyLayout, header_end, parse_header
@@ -95,14 +95,19 @@ class LasViews:
     async def convertible(self, ply: RemoteFile) -> bool:
         """Whether *ply* gets a LAS view. Said yes when the PLY cannot be read right now
         (the view is then listed and fails like its PLY would)."""
+        base = None
         try:
-            await self._las(await self._open_base(ply, limit=HEAD_SIZE))
+            base = await self._open_base(ply, limit=HEAD_SIZE)
+            await self._las(base)
         except NotConvertible:
             return False
         except AuthError:
             raise
         except CupixError as exc:
             log.debug("%s: its PLY header cannot be read now (%s)", ply.key, exc)
+        finally:
+            if base is not None:
+                self._store.release(base)
         return True
 
     async def _open_base(self, ply: RemoteFile, limit: int | None = None) -> OpenFile:
@@ -149,9 +154,10 @@ class LasViews:
 
     async def _read_layout(self, base: OpenFile) -> _Las:
         size = await self._store.size(base.source)
-        head = await self._store.read(base, 0, min(size, HEAD_SIZE))
+        head = bytes(await self._store.read(base, 0, min(size, HEAD_SIZE)))
         while header_end(head) is None and len(head) < min(size, MAX_HEADER):
-            head += await self._store.read(base, len(head), min(size, 2 * len(head)) - len(head))
+            more = min(size, 2 * len(head)) - len(head)
+            head += bytes(await self._store.read(base, len(head), more))
         layout = parse_header(head)
         if layout.vertex_end > size:
             raise NotConvertible(
@@ -159,7 +165,7 @@ class LasViews:
             )
         first = head[layout.vertex_start : layout.vertex_start + layout.stride]
         if layout.count and len(first) < layout.stride:
-            first = await self._store.read(base, layout.vertex_start, layout.stride)
+            first = bytes(await self._store.read(base, layout.vertex_start, layout.stride))
         return _Las(layout, las.offsets_for(first, layout), las.EMPTY if not layout.count else None)
 
     async def _save(self, ply: RemoteFile, version: str, found: _Las) -> None:
@@ -178,16 +184,19 @@ class LasViews:
             assert isinstance(ply, RemoteFile)
             started = time.monotonic()
             handle = await self._open_base(ply)  # its own read-ahead, from the first vertex on
-            if handle.version != version:
-                raise RemoteChanged(f"{ply.key} changed remotely")
-            layout = found.layout
-            step = max(1, PASS_CHUNK // layout.stride)
-            box: las.Bounds | None = None
-            for first in range(0, layout.count, step):
-                count = min(step, layout.count - first)
-                data = await self._read_vertices(handle, layout, first, count)
-                part = await trio.to_thread.run_sync(las.bounds, data, layout, found.offsets)
-                box = las.merge(box, part)
+            try:
+                if handle.version is None or not same_version(version, handle.version):
+                    raise RemoteChanged(f"{ply.key} changed remotely")
+                layout = found.layout
+                step = max(1, PASS_CHUNK // layout.stride)
+                box: las.Bounds | None = None
+                for first in range(0, layout.count, step):
+                    count = min(step, layout.count - first)
+                    data = await self._read_vertices(handle, layout, first, count)
+                    part = await trio.to_thread.run_sync(las.bounds, data, layout, found.offsets)
+                    box = las.merge(box, part)
+            finally:
+                self._store.release(handle)
             found.box = box or las.EMPTY
             self.passes += 1
             log.info(
@@ -206,10 +215,15 @@ class LasViews:
         try:
             return base, await self._las(base)
         except NotConvertible as exc:
+            self._store.release(base)
             raise NotFound(f"{source.base.key}: no LAS view: {exc}") from None
+        except BaseException:
+            self._store.release(base)
+            raise
 
     async def size(self, source: LasView) -> int:
-        _base, found = await self._open(source, limit=HEAD_SIZE)
+        base, found = await self._open(source, limit=HEAD_SIZE)
+        self._store.release(base)
         return las.las_size(found.layout.count)
 
     async def open(self, source: LasView, cached_version: str | None) -> LasHandle:
@@ -220,7 +234,7 @@ class LasViews:
             source, version=version, shown=version == cached_version, base=base, las=found
         )
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         assert isinstance(handle, LasHandle) and isinstance(handle.source, LasView)
         for attempt in range(REOPENS + 1):
             try:
@@ -229,20 +243,22 @@ class LasViews:
                 if handle.shown or attempt == REOPENS:
                     raise
                 fresh = await self.open(handle.source, None)
+                if handle.base is not None:
+                    self._store.release(handle.base)
                 handle.base, handle.las, handle.version = fresh.base, fresh.las, fresh.version
                 continue
             handle.shown = True
             return data
         raise AssertionError("unreachable")
 
-    async def _read_las(self, handle: LasHandle, source: LasView, offset: int, size: int) -> bytes:
+    async def _read_las(self, handle: LasHandle, source: LasView, offset: int, size: int) -> Buffer:
         base, found = handle.base, handle.las
         assert base is not None and found is not None
         layout = found.layout
         end = min(offset + size, las.las_size(layout.count))
         if offset >= end:
             return b""
-        parts: list[bytes] = []
+        parts: list[Buffer] = []
         if offset < las.HEADER_SIZE:
             box = await self._box(base, found)
             head = las.header(layout.count, found.offsets, box, source.created, self._software)
@@ -262,7 +278,7 @@ class LasViews:
 
     async def _read_vertices(
         self, base: OpenFile, layout: PlyLayout, first: int, count: int
-    ) -> bytes:
+    ) -> Buffer:
         offset = layout.vertex_start + first * layout.stride
         data = await self._store.read(base, offset, count * layout.stride)
         if len(data) != count * layout.stride:

@@ -35,7 +35,7 @@ import trio
 
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged
 from cupixfs.data.sources import RemoteFile
-from cupixfs.data.store import DataStore, OpenFile
+from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.views import zipindex
 from cupixfs.views.sources import ZipMember
 from cupixfs.views.zipindex import STORED, Index, Member
@@ -78,7 +78,7 @@ class _Cursor:
     #: CRC-32 of the output so far (every cursor starts at byte 0 or copies one that did).
     crc: int
     #: Compressed bytes read but not yet consumed (they start at *consumed*).
-    pending: bytes = b""
+    pending: Buffer = b""
 
     @classmethod
     def fresh(cls) -> _Cursor:
@@ -134,7 +134,11 @@ class ZipViews:
 
     async def index(self, archive: RemoteFile) -> Index:
         """The members of *archive*'s current version."""
-        return await self._index(await self._open_base(archive))
+        base = await self._open_base(archive)
+        try:
+            return await self._index(base)
+        finally:
+            self._store.release(base)
 
     async def _open_base(self, archive: RemoteFile) -> OpenFile:
         handle = await self._store.open(archive)
@@ -166,17 +170,17 @@ class ZipViews:
         size = await self._store.size(archive)
         try:
             tail_start = max(0, size - zipindex.TAIL_SIZE - 56)
-            tail = await self._read(base, tail_start, size - tail_start)
+            tail = bytes(await self._read(base, tail_start, size - tail_start))
             end, end64_at = zipindex.find_end(tail, tail_start)
             if end64_at is not None:
-                record = await self._read(base, end64_at, 56)
+                record = bytes(await self._read(base, end64_at, 56))
                 end = zipindex.parse_end64(record, end64_at, end64_at)
             if end.cd_offset + end.cd_size > size:
                 raise ProtocolError("the central directory lies past the end of the file")
             if end.cd_offset >= tail_start:
                 cd = tail[end.cd_offset - tail_start : end.cd_offset - tail_start + end.cd_size]
             else:
-                cd = await self._read(base, end.cd_offset, end.cd_size)
+                cd = bytes(await self._read(base, end.cd_offset, end.cd_size))
             if end.cd_size > INLINE_LIMIT:
                 index = await trio.to_thread.run_sync(zipindex.parse_central, cd, end)
             else:
@@ -194,7 +198,7 @@ class ZipViews:
             )
         return index
 
-    async def _read(self, base: OpenFile, offset: int, size: int) -> bytes:
+    async def _read(self, base: OpenFile, offset: int, size: int) -> Buffer:
         data = await self._store.read(base, offset, size)
         if len(data) != size:
             raise ProtocolError(f"the archive ends at {offset + len(data)}, before {offset + size}")
@@ -219,8 +223,9 @@ class ZipViews:
                 index = await self._index(base)
                 member = self._member(index, source)
                 start = await self._data_start(base, index, member)
-            except RemoteChanged:
-                if attempt == REOPENS:
+            except BaseException as exc:
+                self._store.release(base)
+                if not isinstance(exc, RemoteChanged) or attempt == REOPENS:
                     raise
                 continue
             base.limit = start + member.compressed_size
@@ -239,14 +244,14 @@ class ZipViews:
         key = (base.version or "", member.entry)
         start = self._starts.get(key)
         if start is None:
-            local = await self._read(base, member.header_offset, zipindex.LOCAL.size)
+            local = bytes(await self._read(base, member.header_offset, zipindex.LOCAL.size))
             start = zipindex.data_start(local, member)
             if start + member.compressed_size > index.cd_offset:
                 raise ProtocolError(f"zip member {member.name!r} overlaps the central directory")
             self._starts[key] = start
         return start
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         assert isinstance(handle, MemberHandle)
         for attempt in range(REOPENS + 1):
             try:
@@ -256,6 +261,8 @@ class ZipViews:
                     raise
                 # Nothing shown yet: read the member in the archive's new version.
                 fresh = await self.open(handle.source, None)  # type: ignore[arg-type]
+                if handle.base is not None:
+                    self._store.release(handle.base)
                 handle.base, handle.member, handle.start = fresh.base, fresh.member, fresh.start
                 handle.version = fresh.version
                 continue
@@ -263,7 +270,7 @@ class ZipViews:
             return data
         raise AssertionError("unreachable")
 
-    async def _read_member(self, handle: MemberHandle, offset: int, size: int) -> bytes:
+    async def _read_member(self, handle: MemberHandle, offset: int, size: int) -> Buffer:
         member, base = handle.member, handle.base
         assert member is not None and base is not None
         end = min(offset + size, member.size)
