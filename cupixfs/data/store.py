@@ -74,7 +74,9 @@ class DerivedFiles(Protocol):
 
     async def size(self, source: DerivedFile) -> int: ...
 
-    async def open(self, source: DerivedFile, cached_version: str | None) -> OpenFile: ...
+    async def open(
+        self, source: DerivedFile, cached_version: str | None, push: Push | None
+    ) -> OpenFile: ...
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer: ...
 
@@ -290,7 +292,7 @@ class DataStore:
         *push* writes blocks into the kernel's page cache for this handle's file.
         """
         if isinstance(source, DerivedFile):
-            return await self._derived().open(source, cached_version)
+            return await self._derived().open(source, cached_version, push)
         config = self._readahead
         handle = OpenFile(
             source, ReadAhead(initial=config.initial, maximum=config.maximum), push=push

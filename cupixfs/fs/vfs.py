@@ -136,7 +136,8 @@ class Vfs:
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
         live = isinstance(node.source, StaticFile) and node.source.live
-        push = self.kernel.pusher(inode) if isinstance(node.source, RemoteFile) else None
+        pushed = isinstance(node.source, RemoteFile | DerivedFile)
+        push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
         fh = next(self._next_fh)
         self._handles[fh] = handle

@@ -14,7 +14,8 @@ from cupixfs import __version__
 from cupixfs.core.errors import NotFound
 from cupixfs.data.sources import DerivedFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
-from cupixfs.views.lasview import LasViews
+from cupixfs.data.stream import Push
+from cupixfs.views.lasview import LasHandle, LasViews
 from cupixfs.views.notes import Notes
 from cupixfs.views.sources import LasView, ZipMember
 from cupixfs.views.zips import ZipViews
@@ -42,11 +43,13 @@ class DerivedViews:
             return await self.las.size(source)
         raise NotFound(f"{source.key}: not a derived file this mount knows")
 
-    async def open(self, source: DerivedFile, cached_version: str | None) -> OpenFile:
+    async def open(
+        self, source: DerivedFile, cached_version: str | None, push: Push | None = None
+    ) -> OpenFile:
         if isinstance(source, ZipMember):
             return await self.zips.open(source, cached_version)
         if isinstance(source, LasView):
-            return await self.las.open(source, cached_version)
+            return await self.las.open(source, cached_version, push)
         raise NotFound(f"{source.key}: not a derived file this mount knows")
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
@@ -55,7 +58,9 @@ class DerivedViews:
         return await self.las.read(handle, offset, size)
 
     def release(self, handle: OpenFile) -> None:
-        """The derived file was closed: so is its handle on the remote file (its stream)."""
-        base = getattr(handle, "base", None)
-        if isinstance(base, OpenFile):
-            self._store.release(base)
+        """The derived file was closed: so are its handles on the remote file (streams)."""
+        if isinstance(handle, LasHandle):
+            handle.closed = True
+        for base in (getattr(handle, "base", None), getattr(handle, "ahead_base", None)):
+            if isinstance(base, OpenFile):
+                self._store.release(base)

@@ -77,9 +77,18 @@ def offsets_for(first: bytes, layout: PlyLayout) -> tuple[float, float, float]:
 
 
 def _quantize(values: np.ndarray, offset: float) -> np.ndarray:
-    scaled = np.rint((values.astype(np.float64) - offset) / SCALE)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=_INT32.max, neginf=_INT32.min)
-    return np.clip(scaled, _INT32.min, _INT32.max).astype("<i4")
+    """``round((v - offset) / 0.001)`` clamped to int32 (NaN: 0), as float64 integers.
+
+    Monotonic in *v* (for numbers), which is what lets `bounds` quantize only the least
+    and greatest coordinate. Computed in place on one float64 copy.
+    """
+    scaled = values.astype(np.float64)
+    np.subtract(scaled, offset, out=scaled)
+    np.divide(scaled, SCALE, out=scaled)
+    np.rint(scaled, out=scaled)
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=_INT32.max, neginf=_INT32.min)
+    np.clip(scaled, _INT32.min, _INT32.max, out=scaled)
+    return scaled
 
 
 def _vertices(data: bytes | memoryview, layout: PlyLayout) -> np.ndarray:
@@ -94,10 +103,17 @@ def bounds(
     if len(vertices) == 0:
         return None
     lows, highs = [], []
-    for axis, offset in zip("xyz", offsets, strict=True):
-        stored = _quantize(vertices[axis], offset)
-        lows.append(int(stored.min()))
-        highs.append(int(stored.max()))
+    with np.errstate(invalid="ignore"):
+        for axis, offset in zip("xyz", offsets, strict=True):
+            values = vertices[axis]
+            # Quantizing is monotonic: only the extremes need it (and NaN, stored as 0).
+            low, high = np.nanmin(values), np.nanmax(values)
+            extremes = [low, high] if np.isfinite(low) or np.isinf(low) else []
+            if len(extremes) == 0 or np.isnan(values).any():
+                extremes.append(np.float64("nan"))
+            stored = _quantize(np.array(extremes, dtype=np.float64), offset)
+            lows.append(int(stored.min()))
+            highs.append(int(stored.max()))
     return (lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2])
 
 
@@ -111,17 +127,17 @@ def merge(a: Bounds | None, b: Bounds | None) -> Bounds | None:
 
 def points(
     data: bytes | memoryview, layout: PlyLayout, offsets: tuple[float, float, float]
-) -> bytes:
-    """The LAS records of the whole vertices in *data*."""
+) -> memoryview:
+    """The LAS records of the whole vertices in *data* (a view of a new array: no copy)."""
     vertices = _vertices(data, layout)
     out = np.zeros(len(vertices), POINT_DTYPE)
     for axis, field, offset in zip("xyz", "XYZ", offsets, strict=True):
-        out[field] = _quantize(vertices[axis], offset)
+        out[field] = _quantize(vertices[axis], offset).astype("<i4")  # integral already
     out["flags"] = _RETURN_ONE_OF_ONE
     if layout.has_colour:
         for colour in ("red", "green", "blue"):
             out[colour] = vertices[colour].astype(np.uint16) * 257
-    return out.tobytes()
+    return out.view(np.uint8).data
 
 
 def header(

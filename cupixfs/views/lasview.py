@@ -22,6 +22,7 @@ import trio
 from cupixfs.core.errors import AuthError, CupixError, NotFound, ProtocolError, RemoteChanged
 from cupixfs.data.sources import RemoteFile
 from cupixfs.data.store import HEAD_SIZE, Buffer, DataStore, OpenFile, same_version
+from cupixfs.data.stream import Push
 from cupixfs.views import las
 from cupixfs.views.notes import Notes
 from cupixfs.views.ply import MAX_HEADER, NotConvertible, PlyLayout, header_end, parse_header
@@ -34,6 +35,12 @@ NOTE_KIND = "las"
 PASS_CHUNK = 8 << 20
 #: Converting more points than this at once goes to a worker thread.
 INLINE_POINTS = 4096
+#: A sequential reader's points are converted and pushed into the kernel's page cache
+#: up to this far ahead of the last read that reached us, in pieces of `PUSH_PIECE`,
+#: starting `PUSH_GAP` past it (the kernel's own read-ahead asks for what is nearer).
+PUSH_AHEAD = 32 << 20
+PUSH_PIECE = 1 << 20
+PUSH_GAP = 4 << 20
 VERSIONS_KEPT = 256
 REOPENS = 2
 
@@ -77,6 +84,14 @@ class LasHandle(OpenFile):
 
     base: OpenFile | None = None
     las: _Las | None = None
+    #: Where the reader has got to (the end of the last read that reached us), and how
+    #: far converted points have been pushed ahead of it.
+    seen: int = 0
+    pushed: int = 0
+    #: The PLY handle the pushing reads with (its own sequential stream), once started.
+    ahead_base: OpenFile | None = None
+    pushing: bool = False
+    closed: bool = False
 
 
 class LasViews:
@@ -226,12 +241,19 @@ class LasViews:
         self._store.release(base)
         return las.las_size(found.layout.count)
 
-    async def open(self, source: LasView, cached_version: str | None) -> LasHandle:
+    async def open(
+        self, source: LasView, cached_version: str | None, push: Push | None = None
+    ) -> LasHandle:
         base, found = await self._open(source, limit=HEAD_SIZE)
         base.limit = None  # reading points: read-ahead as far as the reader goes
         version = f"{base.version}/las"
         return LasHandle(
-            source, version=version, shown=version == cached_version, base=base, las=found
+            source,
+            version=version,
+            shown=version == cached_version,
+            push=push,
+            base=base,
+            las=found,
         )
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
@@ -248,8 +270,50 @@ class LasViews:
                 handle.base, handle.las, handle.version = fresh.base, fresh.las, fresh.version
                 continue
             handle.shown = True
+            self._ahead(handle, offset + len(data))
             return data
         raise AssertionError("unreachable")
+
+    # -- pushing converted points ahead of a sequential reader -------------------------
+
+    def _ahead(self, handle: LasHandle, end: int) -> None:
+        """The reader got to *end*: keep converted points pushed ahead of it.
+
+        Pushed pages are answered by the kernel, so a sequential reader's reads reach
+        us only where the pushing has not got to; each one moves the pushing on.
+        """
+        nursery = self._store.background
+        if handle.push is None or nursery is None or handle.closed or end <= handle.seen:
+            return
+        handle.seen = end
+        if not handle.pushing:
+            handle.pushing = True
+            nursery.start_soon(self._push_ahead, handle)
+
+    async def _push_ahead(self, handle: LasHandle) -> None:
+        found, push = handle.las, handle.push
+        assert found is not None and push is not None and isinstance(handle.source, LasView)
+        total = las.las_size(found.layout.count)
+        try:
+            while not handle.closed:
+                nearest = -(-handle.seen // PUSH_PIECE) * PUSH_PIECE + PUSH_GAP
+                start = max(handle.pushed, nearest)
+                stop = min(start + PUSH_PIECE, total, handle.seen + PUSH_AHEAD)
+                if start >= stop:
+                    break
+                if handle.ahead_base is None:
+                    handle.ahead_base = await self._open_base(handle.source.base)
+                    if handle.base is None or handle.ahead_base.version != handle.base.version:
+                        break  # a new version meanwhile: the reader's reads find it
+                data = await self._points(handle.ahead_base, found, start, stop)
+                await trio.to_thread.run_sync(push, start, bytes(data))
+                handle.pushed = stop
+        except CupixError as exc:  # pushing is an optimisation: the reads will do it
+            log.debug("%s: pushing points ahead stopped: %s", handle.source.key, exc)
+        finally:
+            handle.pushing = False
+            if handle.closed and handle.ahead_base is not None:
+                self._store.release(handle.ahead_base)
 
     async def _read_las(self, handle: LasHandle, source: LasView, offset: int, size: int) -> Buffer:
         base, found = handle.base, handle.las
@@ -264,17 +328,21 @@ class LasViews:
             head = las.header(layout.count, found.offsets, box, source.created, self._software)
             parts.append(head[offset : min(end, las.HEADER_SIZE)])
         if end > las.HEADER_SIZE:
-            low = max(offset, las.HEADER_SIZE) - las.HEADER_SIZE
-            high = end - las.HEADER_SIZE
-            first, last = low // las.POINT_SIZE, -(-high // las.POINT_SIZE)
-            data = await self._read_vertices(base, layout, first, last - first)
-            if last - first > INLINE_POINTS:
-                records = await trio.to_thread.run_sync(las.points, data, layout, found.offsets)
-            else:
-                records = las.points(data, layout, found.offsets)
-            skip = low - first * las.POINT_SIZE
-            parts.append(records[skip : skip + (high - low)])
+            parts.append(await self._points(base, found, max(offset, las.HEADER_SIZE), end))
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _points(self, base: OpenFile, found: _Las, offset: int, end: int) -> Buffer:
+        """LAS bytes ``[offset, end)``, all past the header: one PLY range, converted."""
+        layout = found.layout
+        low, high = offset - las.HEADER_SIZE, end - las.HEADER_SIZE
+        first, last = low // las.POINT_SIZE, -(-high // las.POINT_SIZE)
+        data = await self._read_vertices(base, layout, first, last - first)
+        if last - first > INLINE_POINTS:
+            records = await trio.to_thread.run_sync(las.points, data, layout, found.offsets)
+        else:
+            records = las.points(data, layout, found.offsets)
+        skip = low - first * las.POINT_SIZE
+        return records[skip : skip + (high - low)]
 
     async def _read_vertices(
         self, base: OpenFile, layout: PlyLayout, first: int, count: int

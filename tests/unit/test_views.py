@@ -173,7 +173,9 @@ def test_las_records_and_header_read_back_by_laspy() -> None:
     assert offsets == (512_000.0, 4_123_000.0, 0.0)
     box = las.bounds(data, layout, offsets)
     assert box is not None
-    raw = las.header(4, offsets, box, None, "cupixfs test") + las.points(data, layout, offsets)
+    raw = las.header(4, offsets, box, None, "cupixfs test") + bytes(
+        las.points(data, layout, offsets)
+    )
     got = laspy.read(io.BytesIO(raw))
     assert got.header.point_count == 4 and got.header.point_format.id == 2
     assert list(np.asarray(got.red)) == [0, 65535, 257, 128 * 257]
