@@ -157,10 +157,10 @@ def _remove(path: Path) -> Usage:
 
 
 def clear_all(cache_dir: Path) -> Usage:
-    """Empty ``blocks/`` and ``stats/``, keeping the directories a running mount writes into,
-    and remove the caches of other versions set aside in *cache_dir*."""
+    """Empty ``blocks/``, ``stats/`` and ``derived/``, keeping the directories a running
+    mount writes into, and remove the caches of other versions set aside in *cache_dir*."""
     removed = Usage()
-    for part in (layout.BLOCKS, layout.STATS):
+    for part in (layout.BLOCKS, layout.STATS, layout.DERIVED):
         root = cache_dir / part
         if not root.is_dir():
             continue
@@ -174,9 +174,11 @@ def clear_all(cache_dir: Path) -> Usage:
 
 
 def clear_key(cache_dir: Path, cache_key: str) -> Usage:
-    """Remove every cached block and the saved size/ETag of one remote file."""
+    """Remove every cached block, the saved size/ETag and the derived views' notes of one
+    remote file."""
     removed = _remove(cache_dir / layout.BLOCKS / layout.block_dir(cache_key))
     _remove(cache_dir / layout.STATS / layout.stat_file(cache_key))
+    _remove(cache_dir / layout.DERIVED / layout.derived_file(cache_key, "las"))
     return removed
 
 

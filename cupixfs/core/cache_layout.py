@@ -4,6 +4,8 @@
 
     blocks/<kk[:2]>/<kk>/<vv[:16]>-<index>   block *index* of one version of a remote file
     stats/<kk[:32]>.json                     that file's size and ETag (a remount need not probe)
+    derived/<kk[:32]>.<kind>.json            what a derived view learnt from that file's current
+                                             version (``las``: its PLY header and bounding box)
     api/<digest>.json                        complete API listings, for --offline
     last-mount.json                          the counters of the last (or running) mount
     cache-format.json                        which `FORMAT` all of the above is in
@@ -13,8 +15,8 @@
 ``kk`` is the sha256 of the remote file's cache key (``videos/5001``), which a mounted
 file shows as its ``user.cupix.cache_key`` attribute, and ``vv`` that of its version
 (key, ETag and size): blocks of two versions of a file never meet, and everything cached
-of one file is one directory plus one stats file, which is how ``cupixfs cache clear
-PATH`` finds them.
+of one file is one directory plus one stats file (and its derived files), which is how
+``cupixfs cache clear PATH`` finds them.
 
 Everything named here is one format, `FORMAT`; `cupixfs.core.cache_format` sets aside a
 cache directory written in another one.
@@ -26,6 +28,7 @@ import hashlib
 
 BLOCKS = "blocks"
 STATS = "stats"
+DERIVED = "derived"
 API = "api"
 LAST_MOUNT = "last-mount.json"
 DEMO_DATA = "demo-data"
@@ -38,7 +41,7 @@ FORMAT = 2
 #: What a cache directory written before the marker existed is in.
 UNMARKED_FORMAT = 1
 #: What a cache directory holds (a directory without any of these is new, not unmarked).
-CONTENTS = (BLOCKS, STATS, API, LAST_MOUNT)
+CONTENTS = (BLOCKS, STATS, DERIVED, API, LAST_MOUNT)
 #: ``{"format": FORMAT, "written_by": "cupixfs <version>"}``.
 FORMAT_FILE = "cache-format.json"
 #: ``old-format-<N>``: where a cache of format N was set aside.
@@ -73,3 +76,8 @@ def block_file(version: str, index: int) -> str:
 def stat_file(key: str) -> str:
     """The size/ETag file of the remote file *key*, relative to ``stats/``."""
     return sha(key)[:32] + ".json"
+
+
+def derived_file(key: str, kind: str) -> str:
+    """What the *kind* view keeps about the remote file *key*, relative to ``derived/``."""
+    return f"{sha(key)[:32]}.{kind}.json"

@@ -31,6 +31,7 @@ from cupixfs.data import block_file
 
 log = logging.getLogger(__name__)
 
+
 def prepare_cache_dir(path: Path) -> str | None:
     """Create *path* private (0700) and check it takes a file; the reason if it cannot.
 

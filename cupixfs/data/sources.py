@@ -38,4 +38,17 @@ class StaticFile:
     live: bool = False
 
 
-FileSource = RemoteFile | StaticFile
+@dataclass(frozen=True)
+class DerivedFile:
+    """A file computed from a remote file's bytes as they are read (a member of a zip, a
+    LAS view of a PLY).
+
+    The data layer only routes it: `DataStore` hands these to the mount's derived-file
+    reader (`cupixfs.views`), which reads *base* through the store like any reader.
+    """
+
+    key: str
+    base: RemoteFile
+
+
+FileSource = RemoteFile | StaticFile | DerivedFile

@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from cupixfs.core.errors import RemoteChanged, Unavailable
+from cupixfs.core.errors import NotFound, RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat, split_chunks
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
-from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
+from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
 from cupixfs.data.stream import Push, SequentialStream, Sink
 
@@ -64,6 +65,22 @@ class OpenFile:
     #: Where blocks fetched ahead go in the kernel's page cache (None: nowhere).
     push: Push | None = None
     stream: SequentialStream | None = None
+    #: Read-ahead never goes past this offset (a zip member ends inside its archive).
+    limit: int | None = None
+
+
+class DerivedFiles(Protocol):
+    """Who sizes, opens and reads `DerivedFile` sources (`cupixfs.views.DerivedViews`)."""
+
+    async def size(self, source: DerivedFile) -> int: ...
+
+    async def open(
+        self, source: DerivedFile, cached_version: str | None, push: Push | None
+    ) -> OpenFile: ...
+
+    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer: ...
+
+    def release(self, handle: OpenFile) -> None: ...
 
 
 @dataclass
@@ -103,6 +120,8 @@ class DataStore:
         #: Where streams and disk writes run (set by `start`); None: no read-ahead.
         self.background: trio.Nursery | None = None
         self.streams_started = 0
+        #: Reads derived files (zip members, LAS views) through this store; set by the mount.
+        self.derived: DerivedFiles | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead and the page-cache/disk writer in *nursery* (the mount's)."""
@@ -153,6 +172,8 @@ class DataStore:
     # -- sizes -------------------------------------------------------------
 
     async def size(self, source: FileSource) -> int:
+        if isinstance(source, DerivedFile):
+            return await self._derived().size(source)
         if isinstance(source, StaticFile):
             return len(await self._load_static(source))
         return (await self._remote_stat(source)).size
@@ -274,6 +295,8 @@ class DataStore:
         file; if it is the current one the handle counts as having shown bytes already.
         *push* writes blocks into the kernel's page cache for this handle's file.
         """
+        if isinstance(source, DerivedFile):
+            return await self._derived().open(source, cached_version, push)
         config = self._readahead
         handle = OpenFile(
             source, ReadAhead(initial=config.initial, maximum=config.maximum), push=push
@@ -289,12 +312,16 @@ class DataStore:
 
     def release(self, handle: OpenFile) -> None:
         """The file was closed: stop its stream (claimed blocks go to other readers)."""
+        if isinstance(handle.source, DerivedFile) and self.derived is not None:
+            self.derived.release(handle)
         if handle.stream is not None:
             handle.stream.close()
             handle.stream = None
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         source = handle.source
+        if isinstance(source, DerivedFile):
+            return await self._derived().read(handle, offset, size)
         if handle.snapshot is not None:
             return handle.snapshot[offset : offset + size]
         if isinstance(source, StaticFile):
@@ -349,6 +376,8 @@ class DataStore:
         window = handle.readahead.observe(offset, end - offset)
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
+        if handle.limit is not None:
+            window = min(window, max(0, handle.limit - end))
         stream = handle.stream
         if window and self.background is not None:
             if stream is not None and stream.version == version:
@@ -426,6 +455,11 @@ class DataStore:
         stream.advance(end, window)
         stream.prime()
         self.background.start_soon(stream.run)
+
+    def _derived(self) -> DerivedFiles:
+        if self.derived is None:
+            raise NotFound("derived files are not served by this mount")
+        return self.derived
 
 
 def _version(source: RemoteFile, stat: RemoteStat) -> str:

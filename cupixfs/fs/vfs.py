@@ -15,7 +15,7 @@ from datetime import datetime
 import trio
 
 from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
-from cupixfs.data.sources import FileSource, RemoteFile, StaticFile
+from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.fs.pagecache import KernelCache
 from cupixfs.namespace.nodes import DirNode, FileNode, Node
@@ -136,7 +136,8 @@ class Vfs:
         if not isinstance(node, FileNode) or node.source is None:
             raise IsADirectory(str(inode))
         live = isinstance(node.source, StaticFile) and node.source.live
-        push = self.kernel.pusher(inode) if isinstance(node.source, RemoteFile) else None
+        pushed = isinstance(node.source, RemoteFile | DerivedFile)
+        push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
         fh = next(self._next_fh)
         self._handles[fh] = handle
@@ -167,6 +168,8 @@ class Vfs:
         if isinstance(node, FileNode) and isinstance(node.source, RemoteFile):
             # What `cupixfs cache clear PATH` needs to find this file's blocks.
             return dict(node.xattrs, cache_key=node.source.key)
+        if isinstance(node, FileNode) and isinstance(node.source, DerivedFile):
+            return dict(node.xattrs, cache_key=node.source.base.key)  # computed from its base
         return node.xattrs
 
     def inodes_of(self, source: FileSource) -> list[int]:

@@ -32,6 +32,8 @@ from cupixfs.fs.vfs import Vfs
 from cupixfs.mount.metrics import Metrics
 from cupixfs.namespace.listing import Tree
 from cupixfs.namespace.tree import Namespace
+from cupixfs.views import DerivedViews
+from cupixfs.views.notes import Notes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Stack:
     data: DataStore
     vfs: Vfs
     metrics: Metrics
+    views: DerivedViews | None = None
 
 
 def readahead_for(memory_cache: int) -> ReadAheadConfig:
@@ -89,12 +92,14 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         return prepare_cache_dir(config.cache_dir) or cache_format.settle(config.cache_dir)
 
     problem = await trio.to_thread.run_sync(prepare)
+    notes = Notes(config.cache_dir)
     if problem is None:
 
         def open_caches() -> None:
             disk.open()
             stat_cache.open()
             responses.open()
+            notes.open()
 
         await trio.to_thread.run_sync(open_caches)
     else:
@@ -103,7 +108,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             config.cache_dir,
             problem,
         )
-        disk.enabled = stat_cache.enabled = responses.enabled = False
+        disk.enabled = stat_cache.enabled = responses.enabled = notes.enabled = False
     # Two pools: the API (which gets the token) and storage (which must never see it).
     async with (
         httpx.AsyncClient(timeout=timeout, headers=headers) as api_http,
@@ -138,6 +143,9 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             readahead=readahead_for(config.memory_cache),
         )
         data.start(background)
+        # mesh/ and pointcloud.las: inflated zip members may take a quarter of what
+        # the block cache may, on top of it.
+        views = DerivedViews(data, notes, inflated_bytes=config.memory_cache // 4)
         metrics = Metrics(config.mountpoint, config.cache_dir, config.cache_size)
         metrics.add_source(
             lambda: {
@@ -157,12 +165,13 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         )
         background.start_soon(metrics.save_periodically)
         started = datetime.now(UTC)
-        tree = Tree(client, started, status=metrics.render)
+        tree = Tree(client, started, status=metrics.render, views=views)
         tree.known_captures.update(config.captures)
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
         try:
-            yield Stack(client, fetcher, blocks, data, Vfs(namespace, data, started), metrics)
+            vfs = Vfs(namespace, data, started)
+            yield Stack(client, fetcher, blocks, data, vfs, metrics, views)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT) as drain:
                 await data.aclose()

@@ -3,6 +3,7 @@
     /captures/<capture_id>/videos/<video name>
     /captures/<capture_id>/pointclouds/<sub_id>/...
     /clusters/<cluster_id>/<sub_id>/{<name>.cpc, mesh.zip, pointcloud.ply, meta.json}
+    /clusters/<cluster_id>/<sub_id>/{mesh/..., pointcloud.las}     (derived: see derived.py)
     /records/<record_id>/<sub_id>/...
 
 This module only builds nodes; caching, inode numbers and TTLs live in
@@ -20,15 +21,17 @@ from cupixfs.api.client import CupixClient
 from cupixfs.api.models import Pointcloud
 from cupixfs.core.errors import NotFound
 from cupixfs.data.sources import RemoteFile, StaticFile
+from cupixfs.namespace.derived import MESH_DIR, POINTCLOUD_LAS, derived_children
 from cupixfs.namespace.names import assign_names
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
 from cupixfs.namespace.transform import transform_document
+from cupixfs.views import DerivedViews
 
 META_JSON = "meta.json"
 MESH_ZIP = "mesh.zip"
 POINTCLOUD_PLY = "pointcloud.ply"
 TRANSFORM_JSON = "transform.json"
-RESERVED_IN_SUB = (META_JSON, MESH_ZIP, POINTCLOUD_PLY, TRANSFORM_JSON)
+RESERVED_IN_SUB = (META_JSON, MESH_ZIP, POINTCLOUD_PLY, TRANSFORM_JSON, MESH_DIR, POINTCLOUD_LAS)
 CONTROL_DIR = ".cupixfs"
 
 
@@ -56,8 +59,11 @@ class Tree:
         client: CupixClient,
         started: datetime,
         status: Callable[[], Awaitable[bytes]] | None = None,
+        views: DerivedViews | None = None,
     ) -> None:
         self._client = client
+        #: Where mesh/ and pointcloud.las come from; None shows neither.
+        self._views = views
         self._started = started
         self._status = status
         #: Ids shown in /captures and /records: pinned on the command line, or looked up.
@@ -302,6 +308,12 @@ class Tree:
                     )
                 )
 
+        if self._views is not None:
+            originals = dict(children)
+            children += await derived_children(
+                self._views, _file(originals.get(MESH_ZIP)), _file(originals.get(POINTCLOUD_PLY))
+            )
+
         async def meta() -> bytes:
             result = await self._client.get_meta(pc.id)
             return (json.dumps(result, indent=2, sort_keys=True) + "\n").encode()
@@ -325,6 +337,10 @@ class Tree:
             )
             children.append((name, node))
         return children
+
+
+def _file(node: Node | None) -> FileNode | None:
+    return node if isinstance(node, FileNode) else None
 
 
 def _pointcloud_xattrs(pc: Pointcloud) -> dict[str, str]:

@@ -24,6 +24,12 @@ def walk_files(root: Path) -> set[str]:
     return found
 
 
+def stored_only(paths: set[str]) -> set[str]:
+    """*paths* without the derived views (``mesh/`` members, ``pointcloud.las``), which
+    the API does not list and test_views.py checks."""
+    return {p for p in paths if "/mesh/" not in p and not p.endswith("/pointcloud.las")}
+
+
 def blob_files(dataset: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every downloadable blob of the model, by blob id."""
     blobs = {v["file"]["blob_id"]: v["file"] for v in dataset["videos"]}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cupixfs.fake import sample
@@ -73,29 +73,64 @@ def test_mesh_zips_are_valid_and_exactly_sized(test_data: Path) -> None:
     spec_meshes += [s.mesh for r in profile("test").records for s in r.subs if s.mesh]
     meshes = [pc["files"]["mesh"] for pc in load(test_data)["pointclouds"] if pc["files"]["mesh"]]
     assert len(meshes) == len(spec_meshes)
+    methods: set[int] = set()
     for f, spec in zip(meshes, spec_meshes, strict=True):
         path = test_data / "blobs" / f["blob_id"]
         assert path.stat().st_size == spec.size
         with zipfile.ZipFile(path) as zf:
-            assert zf.testzip() is None
-            assert len(zf.infolist()) == spec.entries
-            assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+            infos = zf.infolist()
+            readable = [i for i in infos if not i.flag_bits & 1 and i.compress_type in (0, 8)]
+            for info in readable:
+                zf.read(info)  # checks the CRC
+            methods.update(i.compress_type for i in readable if not i.is_dir())
+            if not spec.hostile:
+                assert len(infos) == spec.entries == len(readable)
+    assert methods == {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+
+
+def test_the_hostile_zip_has_every_odd_entry(test_data: Path) -> None:
+    [hostile] = [
+        pc["files"]["mesh"]
+        for pc in load(test_data)["pointclouds"]
+        if pc["files"]["mesh"] and pc["files"]["mesh"]["size"] == 2_900_037
+    ]
+    raw = (test_data / "blobs" / hostile["blob_id"]).read_bytes()
+    assert b"PK\x06\x06" in raw[-200:] and b"PK\x06\x07" in raw[-200:]  # Zip64 end records
+    with zipfile.ZipFile(test_data / "blobs" / hostile["blob_id"]) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        assert {"../../etc/passwd", "/abs/olute.obj", "café Ä.txt", "도면/평면도.txt"} <= set(infos)
+        assert infos["café Ä.txt"].flag_bits & 0x800 == 0  # code page 437
+        assert infos["secret.txt"].flag_bits & 1 and infos["packed.txt"].compress_type == 12
+        assert infos["descriptor.obj"].flag_bits & 8
+        assert [i.filename for i in zf.infolist()].count("dup.txt") == 2
+        assert infos["big/scan.obj"].file_size > 5 << 20
 
 
 def test_ply_header_parses_and_matches_the_vertex_data(test_data: Path) -> None:
-    plys = [pc["files"]["ply"] for pc in load(test_data)["pointclouds"] if pc["files"]["ply"]]
-    assert plys
-    for f in plys:
+    model = load(test_data)
+    subs = [s for c in profile("test").clusters for s in c.subs]
+    subs += [s for r in profile("test").records for s in r.subs]
+    layouts = [s.ply_layout for s in subs if s.ply_vertices is not None]
+    plys = [pc["files"]["ply"] for pc in model["pointclouds"] if pc["files"]["ply"]]
+    assert len(plys) == len(layouts)
+    assert set(layouts) == set(sample.PLY_LAYOUTS)
+    for f, layout in zip(plys, layouts, strict=True):
         raw = (test_data / "blobs" / f["blob_id"]).read_bytes()
         header, sep, body = raw.partition(b"end_header\n")
         assert sep
         lines = header.decode("ascii").splitlines()
-        assert lines[:2] == ["ply", "format binary_little_endian 1.0"]
+        fmt = sample.PLY_LAYOUTS[layout][0]
+        assert lines[:2] == ["ply", f"format {fmt} 1.0"]
         count = int(next(ln for ln in lines if ln.startswith("element vertex")).split()[2])
-        assert "property float x" in lines and "property uchar blue" in lines
-        assert len(body) == count * 15
-        x, y, z, *_ = struct.unpack_from("<fffBBB", body, 0)
-        assert -20 <= x <= 20 and -20 <= y <= 20 and 0 <= z <= 3.5
+        if fmt == "ascii":
+            assert len(body.splitlines()) == count
+            continue
+        dtype = sample._ply_dtype(layout)
+        vertices = np.frombuffer(body, dtype, count=count)
+        assert len(body) == count * dtype.itemsize + (26 if sample.PLY_LAYOUTS[layout][2] else 0)
+        x, z = vertices["x"].astype(float), vertices["z"].astype(float)
+        centre = 512_345.0 if layout == "big_double" else 0.0
+        assert (abs(x - centre) <= 20).all() and (z >= 0).all()
 
 
 def test_pointcloud_model_follows_the_pages(test_data: Path) -> None:
