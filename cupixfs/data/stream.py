@@ -92,7 +92,7 @@ class Sink:
             while len(batch) < self.BATCH:
                 try:
                     batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
 
             def work(batch: list[_Item] = batch) -> None:
