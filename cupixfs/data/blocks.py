@@ -39,6 +39,8 @@ FetchRun = Callable[[int, int], Awaitable[list[bytes]]]
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
+    #: Readers waiting for it (a kernel read in flight for these bytes, usually).
+    waiters: int = 0
 
 
 @dataclass
@@ -106,10 +108,17 @@ class BlockCache:
         self._pending[key] = _Pending()
         return True
 
-    def fill(self, version: str, index: int, data: bytes) -> None:
-        """A claimed block arrived: keep it and wake whoever waits for it."""
+    def fill(self, version: str, index: int, data: bytes) -> bool:
+        """A claimed block arrived: keep it and wake whoever waits for it; whether anyone
+        did (then a reply is already carrying these bytes to the kernel)."""
         self._memory[(version, index)] = data
-        self._wake(version, index, data)
+        return self._wake(version, index, data)
+
+    def waited_for(self, version: str, index: int) -> bool:
+        """Whether a reader waits for this block (safe to ask from any thread: one dict
+        read; the answer may be a moment old, which costs at most one copy)."""
+        pending = self._pending.get((version, index))
+        return pending is not None and pending.waiters > 0
 
     async def wait(self, version: str, index: int) -> bytes | None:
         """The block once whoever fetches it is done; None if that failed or nobody does."""
@@ -119,6 +128,7 @@ class BlockCache:
         pending = self._pending.get((version, index))
         if pending is None:
             return None
+        pending.waiters += 1
         await pending.done.wait()
         return pending.data
 
@@ -154,6 +164,8 @@ class BlockCache:
         found, claimed, waiting = self._claim(version, range(first, last + 1))
         if claimed:
             await self._load_claimed(version, claimed, fetch, found)
+        for pending in waiting.values():
+            pending.waiters += 1
         for index, pending in waiting.items():
             await pending.done.wait()
             if pending.data is None:  # the other fetch failed: try for ourselves
@@ -212,11 +224,13 @@ class BlockCache:
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
 
-    def _wake(self, version: str, index: int, data: bytes | None) -> None:
+    def _wake(self, version: str, index: int, data: bytes | None) -> bool:
         pending = self._pending.pop((version, index), None)
-        if pending is not None:
-            pending.data = data
-            pending.done.set()
+        if pending is None:
+            return False
+        pending.data = data
+        pending.done.set()
+        return pending.waiters > 0
 
     async def store(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
         """Write blocks to disk in the background while the write queue has room, else inline.

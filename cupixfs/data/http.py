@@ -17,10 +17,12 @@ READ_SIZE = 1 << 20
 
 
 def tune_read_size(size: int = READ_SIZE) -> None:
-    """Make httpcore's HTTP/1.1 connections read up to *size* bytes per socket read."""
-    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
-    if connection is not None and hasattr(connection, "READ_NUM_BYTES"):
-        connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, size)
+    """Make httpcore's HTTP/1.1 connections (async and sync) read up to *size* bytes per
+    socket read."""
+    for name in ("AsyncHTTP11Connection", "HTTP11Connection"):
+        connection = getattr(httpcore, name, None)
+        if connection is not None and hasattr(connection, "READ_NUM_BYTES"):
+            connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, size)
 
 
 def storage_client(
@@ -32,3 +34,15 @@ def storage_client(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
     return httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits)
+
+
+def storage_sync_client(
+    timeout: httpx.Timeout, headers: dict[str, str], max_connections: int
+) -> httpx.Client:
+    """The synchronous twin of `storage_client`, for long bodies read in worker threads
+    (see `cupixfs.data.fetch.BodyStream`)."""
+    tune_read_size()
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx.Client(timeout=timeout, headers=headers, limits=limits)

@@ -24,7 +24,7 @@ import trio
 
 from cupixfs.core.errors import NotFound, RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat, split_chunks
+from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
@@ -87,7 +87,8 @@ class DerivedFiles(Protocol):
 class ReadAheadConfig:
     initial: int = INITIAL_WINDOW
     maximum: int = MAX_WINDOW
-    #: Blocks held back for a sequential reader across the whole mount (the memory budget).
+    #: Blocks sequential streams may have claimed and not yet received, across the whole
+    #: mount (the memory budget of read-ahead).
     budget_blocks: int = 48
 
 
@@ -161,8 +162,8 @@ class DataStore:
         self._static.clear()
 
     @property
-    def held_back(self) -> int:
-        """Blocks sequential streams hold back from the page cache right now (budgeted)."""
+    def in_flight(self) -> int:
+        """Blocks sequential streams have claimed and not yet received (budgeted)."""
         return self._readahead.budget_blocks - self._budget.value
 
     def table_sizes(self) -> dict[str, int]:
@@ -255,7 +256,7 @@ class DataStore:
             try:
                 await body.open()
             except BaseException:
-                await body.aclose()
+                body.close()
                 raise
             size = body.total if body.total is not None else stated.size
             stat = RemoteStat(size, body.etag, b"")
@@ -264,7 +265,7 @@ class DataStore:
                 await self._learnt(source, stat, stated)
                 self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             if size != stated.size:
-                await body.aclose()
+                body.close()
                 body.end = min(body.end, size)
             return body
 
@@ -336,7 +337,7 @@ class DataStore:
             if handle.version != version:
                 if handle.shown and not same_version(handle.version, version):
                     if body is not None:
-                        await body.aclose()
+                        body.close()
                     raise RemoteChanged(
                         f"{source.key} changed remotely while open; reopen it to read the "
                         "new version"
@@ -369,7 +370,7 @@ class DataStore:
         end = min(offset + size, stat.size)
         if offset >= end:
             if body is not None:
-                await body.aclose()
+                body.close()
             return b""
         bs = self._blocks.block_size
         version = _version(source, stat)
@@ -380,9 +381,9 @@ class DataStore:
             window = min(window, max(0, handle.limit - end))
         stream = handle.stream
         if window and self.background is not None:
-            if stream is not None and stream.version == version:
+            if stream is not None and stream.version == version and not stream.stopped:
                 if body is not None:
-                    await body.aclose()
+                    body.close()
                 stream.advance(end, window)
             else:
                 self.release(handle)
@@ -407,16 +408,19 @@ class DataStore:
         return b"".join(blocks)[skip : skip + (end - offset)]
 
     async def _drain(self, body: BodyStream, version: str) -> None:
-        """Read *body* (block-aligned) to its end into the block cache."""
+        """Read *body* (block-aligned) to its end into the block cache (in a thread)."""
         bs = self._blocks.block_size
-        first = body.position // bs
-        chunks: list[bytes] = []
-        try:
-            while chunk := await body.next_chunk():
-                chunks.append(chunk)
-        finally:
-            await body.aclose()
-        fetched = list(enumerate(split_chunks(chunks, bs), start=first))
+        start, end = body.position, body.end
+
+        def read_all() -> list[bytes]:
+            try:
+                return [body.read_exactly(min(bs, end - at)) for at in range(start, end, bs)]
+            finally:
+                body.close()
+
+        pieces = await trio.to_thread.run_sync(read_all)
+        self._fetcher.stats.bytes += end - start
+        fetched = list(enumerate(pieces, start=start // bs))
         for index, data in fetched:
             if self._blocks.claim(version, index):
                 self._blocks.fill(version, index, data)

@@ -4,35 +4,42 @@ one long GET, and handed to the kernel's page cache before the reader asks.
 A reader that reads a file from start to end (``cp``, ``rsync``, a point-cloud viewer
 loading a file) is served by a `SequentialStream`:
 
-- **One request for the rest of the file.** Blocks missing from both caches come from
-  one ranged GET that runs to the end of the file (or to the next block a cache already
-  holds), read only as far ahead of the reader as its window allows: when it is that far
-  ahead it stops reading, and TCP's flow control holds the server back. So a 512 MiB
-  file costs one request, not one per block, and memory stays bounded.
+- **Few, long requests.** Blocks missing from both caches come from one ranged GET for
+  the run of them, at least the window long and twice the previous request, read only as
+  far ahead of the reader as its window allows: when it is that far ahead it stops
+  reading, and TCP's flow control holds the server back. A 512 MiB file costs a handful
+  of requests, not one per block, and memory stays bounded.
+- **Received on the other core.** The body is read in a worker thread (`BodyStream`);
+  the event loop only learns that each block has arrived, so it keeps answering the
+  kernel's reads meanwhile.
 - **Claimed ahead.** Blocks inside the window are claimed (`BlockCache.claim`) before
   their bytes arrive, so a read that overtakes the stream waits for it instead of
-  fetching the same bytes a second time.
+  fetching the same bytes a second time. Claims are taken from a mount-wide budget of
+  blocks in flight: when it runs out, streams wait, and memory stays bounded however
+  many files are read at once.
 - **Pushed into the page cache.** Each block is written into the kernel's page cache
-  (``notify_store``) as it arrives, so the reader's next reads are answered by the kernel
-  without a round trip through this process -- that round trip, not the network, is
-  what a sequential read through FUSE costs most. Only blocks up to half the window
-  ahead are pushed: the reader's read at the first block not pushed reaches us, says how
-  far it has got, and moves the window on.
-- **Cached on the way.** Blocks from the network go to the disk cache with their push,
-  in the same worker-thread job; blocks on disk are read, checked and pushed in one job
-  per run, with no thread hop for blocks the disk index knows are absent.
+  (``notify_store``) as it arrives, unless a read of it is already waiting (its reply
+  carries it), so the reader's next reads are answered by the kernel without a round
+  trip through this process -- that round trip, not the network, is what a sequential
+  read through FUSE costs most. When the reader gets to the end of the window, its read
+  reaches us and moves the window on.
+- **Cached on the way.** Pushes and disk-cache writes are done by one `Sink` thread, in
+  the order blocks arrived. Never by the thread receiving the body: a push waits for
+  any kernel read of the same pages, and such a read may be waiting for the next block
+  of that very body.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
-from cupixfs.core.errors import ProtocolError, unwrap
+from cupixfs.core.errors import unwrap
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import BodyStream, RangeFetcher
 from cupixfs.data.sources import RemoteFile
@@ -55,56 +62,50 @@ class _Item:
 
 
 class Sink:
-    """Pushes blocks into the page cache and writes them to the disk cache, in worker
-    threads, in the order they came, a batch per thread hop.
+    """Pushes blocks into the page cache and writes them to the disk cache, in one worker
+    thread, in the order they came.
 
-    The channel is bounded: a disk slower than the network slows the streams down
-    instead of letting blocks pile up in memory.
+    Its queue is bounded: a disk slower than the network slows the streams down instead
+    of letting blocks pile up in memory. Threads put with `put_blocking`; the event loop
+    with `put`, which only hops to a thread when the queue is full.
     """
 
-    BATCH = 8
+    DEPTH = 16
 
-    def __init__(self, blocks: BlockCache, depth: int = 16) -> None:
+    def __init__(self, blocks: BlockCache) -> None:
         self._blocks = blocks
-        self._send, self._receive = trio.open_memory_channel[_Item](depth)
-        self._drained = trio.Event()
+        self._queue: queue.Queue[_Item | None] = queue.Queue(self.DEPTH)
+        self._done = trio.Event()
+
+    def put_blocking(self, item: _Item) -> None:
+        self._queue.put(item)
 
     async def put(self, item: _Item) -> None:
-        await self._send.send(item)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            await trio.to_thread.run_sync(self._queue.put, item)
+
+    async def run(self) -> None:
+        """The worker thread's life: until `aclose` (or, abandoned, the end of the mount)."""
+        try:
+            await trio.to_thread.run_sync(self._work, abandon_on_cancel=True)
+        finally:
+            self._done.set()
 
     async def aclose(self) -> None:
         """Take no more blocks, and return once those taken are written (at unmount:
         the last blocks of a read are in the disk cache for the next mount)."""
-        await self._send.aclose()
-        await self._drained.wait()
+        await self.put(None)  # type: ignore[arg-type]
+        await self._done.wait()
 
-    async def run(self) -> None:
-        """Drain the channel until it is closed, or cancelled."""
-        try:
-            await self._drain()
-        finally:
-            self._drained.set()
-
-    async def _drain(self) -> None:
-        disk = self._blocks.disk
-        async for first in self._receive:
-            batch = [first]
-            while len(batch) < self.BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-
-            def work(batch: list[_Item] = batch) -> None:
-                for item in batch:  # pushes first: the reader waits for them, not for the disk
-                    if item.push is not None:
-                        item.push(item.index * self._blocks.block_size, item.data)
-                if disk is not None and disk.enabled:
-                    for item in batch:
-                        if item.write:
-                            disk.put_sync(item.version, item.index, item.data)
-
-            await trio.to_thread.run_sync(work)
+    def _work(self) -> None:
+        disk, bs = self._blocks.disk, self._blocks.block_size
+        while (item := self._queue.get()) is not None:
+            if item.push is not None:
+                item.push(item.index * bs, item.data)
+            if item.write and disk is not None and disk.enabled:
+                disk.put_sync(item.version, item.index, item.data)
 
 
 class SequentialStream:
@@ -145,37 +146,81 @@ class SequentialStream:
         #: Where the reader's last read through us ended, and how far ahead to go.
         self.seen = start
         self.window = 0
+        #: Blocks claimed (each holding a token of the budget) and not delivered yet.
         self._claimed: set[int] = set()
-        #: Delivered blocks waiting until the reader is close enough to push them.
-        self._unpushed: deque[tuple[int, bytes]] = deque()
         self._moved = trio.Event()
         self._scope = trio.CancelScope()
         self._body = body  # a first GET already opened by the owner (it learnt the stat)
         self._request_blocks = 0
         self.requests = 0
+        #: The network thread waits on this for the reader to move on (or for `close`).
+        self._gate = threading.Condition()
+        self._stopped = False
+        self._receiving: BodyStream | None = None
+        self._token = trio.lowlevel.current_trio_token()
 
     # -- the owner's side ------------------------------------------------------------------
 
+    def prime(self) -> None:
+        """Claim the blocks of the first window now, before the reader that started us
+        asks for them: it then waits for this stream instead of fetching them itself."""
+        self._claim(self.next, self._fetch_limit())
+
     def advance(self, seen: int, window: int) -> None:
-        """The reader read up to *seen*; keep *window* bytes ahead of it."""
+        """The reader read up to *seen*; keep *window* bytes ahead of it.
+
+        The blocks the window now covers are claimed at once, so a read that comes
+        before this stream has got to them waits for it rather than fetching them.
+        """
         self.seen = max(self.seen, seen)
         self.window = window
+        self._claim(self.next, self._fetch_limit())
         self._moved.set()
 
     def close(self) -> None:
         """Stop (the reader went, or seeks): claimed blocks are released to other readers."""
+        self._stopped = True
+        if self._receiving is not None:
+            self._receiving.cancel()  # a thread blocked on the socket gets an error now
         self._scope.cancel()
         self._moved.set()
+        self._open_gate()
 
-    # -- limits ------------------------------------------------------------------------------
+    # -- limits and claims -----------------------------------------------------------------
 
     def _fetch_limit(self) -> int:
         """Blocks below this index may be fetched and claimed."""
         return min(self._count, -(-(self.seen + self.window) // self._bs))
 
-    def _push_limit(self) -> int:
-        """Blocks below this index may be pushed into the page cache."""
-        return min(self._count, -(-(self.seen + self.window // 2) // self._bs))
+    @property
+    def stopped(self) -> bool:
+        """Closed, or ended on an error: the owner starts a new stream if it wants one."""
+        return self._stopped
+
+    def _claim(self, first: int, end: int) -> None:
+        """Claim the blocks of ``[first, end)`` nobody holds, while the budget allows."""
+        if self._stopped:
+            return  # nobody would fill them
+        for index in range(first, end):
+            if index in self._claimed:
+                continue
+            try:
+                self._budget.acquire_nowait()
+            except trio.WouldBlock:
+                break  # the mount has enough in flight: go on once some has arrived
+            if self._blocks.claim(self.version, index):
+                self._claimed.add(index)
+            else:
+                self._budget.release()
+        self._open_gate()
+
+    def _release(self, index: int) -> None:
+        self._claimed.discard(index)
+        self._budget.release()
+
+    def _open_gate(self) -> None:
+        with self._gate:
+            self._gate.notify_all()
 
     async def _wait(self) -> None:
         await self._moved.wait()
@@ -190,170 +235,137 @@ class SequentialStream:
             except Exception as exc:  # the reader's own reads will meet the error, if real
                 log.debug("%s: read-ahead stopped: %s", self._source.key, unwrap(exc))
             finally:
-                for index in self._claimed:
+                self._stopped = True
+                self._open_gate()
+                for index in list(self._claimed):
                     self._blocks.abandon(self.version, index)
-                self._claimed.clear()
-                for _ in self._unpushed:
-                    self._budget.release()
-                self._unpushed.clear()
+                    self._release(index)
                 if self._body is not None:
-                    await self._body.aclose()
-
-    def prime(self) -> None:
-        """Claim the blocks of the first window now, before the reader that started us
-        asks for them: it then waits for this stream instead of fetching them itself."""
-        self._claim(self.next, self._fetch_limit())
+                    self._body.close()
 
     async def _fill(self) -> None:
         blocks, version = self._blocks, self.version
         while self.next < self._count:
-            await self._flush_pushes()
-            if self.next >= self._fetch_limit():
+            index = self.next
+            if index >= self._fetch_limit():
                 await self._wait()
                 continue
-            index = self.next
             mine = index in self._claimed
-            if not mine and blocks.is_known(version, index):  # cached, or another's fetch
+            if mine and blocks.on_disk(version, index):
+                await self._from_disk(index)
+            elif mine:
+                await self._from_network(index)
+            elif blocks.is_known(version, index):  # cached, or another's fetch
                 data = await blocks.wait(version, index)
                 if data is None:
-                    continue  # their fetch failed: it is absent now, and ours to fetch
+                    continue  # their fetch failed: it is absent now, and ours to claim
                 await self._deliver(index, data, fetched=False)
                 self.next = index + 1
-            elif blocks.on_disk(version, index):
-                await self._from_disk(index)
-            else:
-                await self._from_network(index)
-        while self._unpushed:  # all fetched: hand over the rest as the reader comes close
-            await self._flush_pushes()
-            if self._unpushed:
-                await self._wait()
-
-    def _ours(self, index: int) -> bool:
-        """Claimed by us already, or claimable now."""
-        if index in self._claimed:
-            return True
-        if self._blocks.claim(self.version, index):
-            self._claimed.add(index)
-            return True
-        return False
+            else:  # not claimable now (the budget ran out): wait for blocks to arrive
+                self._claim(index, self._fetch_limit())
+                if index not in self._claimed:
+                    await self._wait()
 
     async def _from_disk(self, first: int) -> None:
-        """A run of blocks the disk index holds: read, checked and kept in one thread hop."""
+        """A run of our blocks the disk index holds: read and checked in one thread hop."""
         blocks, version = self._blocks, self.version
-        limit = self._fetch_limit()
         run: list[int] = []
         index = first
-        while index < limit and blocks.on_disk(version, index) and self._ours(index):
+        while index in self._claimed and blocks.on_disk(version, index):
             run.append(index)
             index += 1
         found = await blocks.load_from_disk(version, run)
-        self._claimed.difference_update(found)
         for index in run:
             if index not in found:  # vanished or corrupt: still ours, the network takes it
                 self.next = index
                 return
+            self._release(index)
             await self._deliver(index, found[index], fetched=False)
             self.next = index + 1
+            self._claim(self.next, self._fetch_limit())
+
+    async def _deliver(self, index: int, data: bytes, fetched: bool) -> None:
+        """A block is ready on the event loop: to the page cache (and the disk cache)."""
+        push = self._push if self._push is not None and index >= self.seen // self._bs else None
+        if push is not None or fetched:
+            await self._sink.put(_Item(self.version, index, data, push, fetched))
 
     async def _from_network(self, first: int) -> None:
-        """Stream the run of absent blocks starting at *first*, up to the next cached one."""
+        """Stream the run of our absent blocks starting at *first*.
+
+        The body is received in a worker thread (see `BodyStream`): it waits there
+        while the reader is a window behind, tells the event loop of each block (which
+        wakes whoever waits for it), then hands it to the sink.
+        """
         blocks, version = self._blocks, self.version
         bs = self._bs
         # Each request asks for at least the window and twice the last one: few requests
         # for a long read, and little fetched in vain for a reader that soon stops.
         size = max(-(-self.window // bs), 2 * self._request_blocks, 1)
-        preopened = self._body is not None and self._body.position == first * bs
-        last = -(-self._body.end // bs) if self._body is not None and preopened else self._count
+        body, self._body = self._body, None
+        if body is not None and body.position != first * bs:
+            body.close()
+            body = None
+        last = -(-body.end // bs) if body is not None else self._count
         end = first
-        while end < min(last, first + size) and (
-            end in self._claimed or not blocks.is_known(version, end)
-        ):
-            if end > first and blocks.on_disk(version, end):
+        while end < min(last, first + size) and not (end > first and blocks.on_disk(version, end)):
+            if end not in self._claimed and blocks.is_known(version, end):
                 break
             end += 1
         self._request_blocks = end - first
-        stop = min(end * bs, self._size)
-        body = self._body
-        if body is None or body.position != first * bs:
-            if body is not None:
-                await body.aclose()
-            body = BodyStream(self._fetcher, self._source, first * bs, stop, self._etag)
-        else:
-            body.end = stop
-        self._body = body
+        if body is None:
+            body = BodyStream(
+                self._fetcher, self._source, first * bs, min(end * bs, self._size), self._etag
+            )
+            await body.open()
         self.requests += 1
         async with self._fetcher.streams:
-            leftover = memoryview(b"")
-            index = first
-            while index < end:
-                limit = self._fetch_limit()
-                while index >= limit:
-                    await self._flush_pushes()
-                    await self._wait()
-                    limit = self._fetch_limit()
-                self._claim(index, min(end, limit))
-                want = min(bs, self._size - index * bs)
-                parts: list[memoryview] = []
-                while want:
-                    if not leftover:
-                        chunk = await body.next_chunk()
-                        if not chunk:
-                            raise ProtocolError(f"{self._source.key}: body ended early")
-                        leftover = memoryview(chunk)
-                    take = min(want, len(leftover))
-                    parts.append(leftover[:take])
-                    leftover = leftover[take:]
-                    want -= take
-                data = _joined(parts)
-                if index in self._claimed:
-                    self._claimed.discard(index)
-                    blocks.fill(version, index, data)
-                    blocks.stats.fetched += 1
-                    blocks.stats.prefetched += 1
-                    await self._deliver(index, data, fetched=True)
-                index += 1
-                self.next = index
-        self._body = None
-        await body.aclose()
-
-    def _claim(self, first: int, end: int) -> None:
-        """Claim every block of ``[first, end)`` nobody holds, so readers wait for us."""
-        for index in range(first, end):
-            if index not in self._claimed and self._blocks.claim(self.version, index):
-                self._claimed.add(index)
-
-    async def _deliver(self, index: int, data: bytes, fetched: bool) -> None:
-        """A block is ready: push it now if the reader is close, else keep it for later
-        (while the mount-wide budget lets us hold it); a block from the network also
-        goes to the disk cache."""
-        seen_block = self.seen // self._bs
-        push = self._push if self._push is not None and index >= seen_block else None
-        if push is not None and index >= self._push_limit():
+            self._receiving = body
             try:
-                self._budget.acquire_nowait()
-            except trio.WouldBlock:
-                pass  # no room to hold it back: push it now, the kernel holds it instead
-            else:
-                self._unpushed.append((index, data))
-                push = None
-        if push is not None or fetched:
-            await self._sink.put(_Item(self.version, index, data, push, fetched))
+                await trio.to_thread.run_sync(
+                    self._receive, body, first, end, abandon_on_cancel=True
+                )
+            finally:
+                self._receiving = None
+                body.cancel()
 
-    async def _flush_pushes(self) -> None:
-        """Push the kept blocks the reader has come close enough to."""
-        limit = self._push_limit()
-        seen_block = self.seen // self._bs
-        while self._unpushed and self._unpushed[0][0] < limit:
-            index, data = self._unpushed.popleft()
-            self._budget.release()
-            if index >= seen_block and self._push is not None:
-                await self._sink.put(_Item(self.version, index, data, self._push, False))
+    # -- in the network thread ------------------------------------------------------------
 
+    def _receive(self, body: BodyStream, first: int, end: int) -> None:
+        """Read blocks ``[first, end)`` off *body* as the window and the budget allow."""
+        bs, blocks, version = self._bs, self._blocks, self.version
+        for index in range(first, end):
+            with self._gate:
+                while not self._stopped and not self._may_read(index):
+                    self._gate.wait()
+            if self._stopped:
+                return
+            data = body.read_exactly(min(bs, self._size - index * bs))
+            ours = index in self._claimed
+            # A block a reader waits for goes to the kernel in that read's reply.
+            push = self._push if ours and not blocks.waited_for(version, index) else None
+            self._token.run_sync_soon(self._arrived, index, data, ours)
+            # After the event loop has been told (a read waiting for this block must
+            # never wait for a push that waits for that read's pages):
+            self._sink.put_blocking(_Item(version, index, data, push, ours))
 
-def _joined(parts: list[memoryview]) -> bytes:
-    """One block's bytes: the chunk itself when one chunk is exactly the block, else a join."""
-    if len(parts) == 1:
-        whole = parts[0].obj
-        if isinstance(whole, bytes) and len(whole) == len(parts[0]):
-            return whole
-    return b"".join(parts)
+    def _may_read(self, index: int) -> bool:
+        """Whether the network thread may take block *index* off the socket now."""
+        if index >= self._fetch_limit():
+            return False
+        # Ours to fill, or already someone else's (its bytes are then skipped).
+        return index in self._claimed or self._blocks.is_known(self.version, index)
+
+    # -- back on the event loop -------------------------------------------------------------
+
+    def _arrived(self, index: int, data: bytes, ours: bool) -> None:
+        """A block came off the network: keep it, wake its readers, claim further on."""
+        self._fetcher.stats.bytes += len(data)
+        self.next = max(self.next, index + 1)
+        if not ours or index not in self._claimed:
+            return  # released since (the stream stopped): its readers fetch it themselves
+        self._release(index)
+        self._blocks.fill(self.version, index, data)
+        self._blocks.stats.fetched += 1
+        self._blocks.stats.prefetched += 1
+        self._claim(self.next, self._fetch_limit())

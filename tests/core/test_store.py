@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from cupixfs.core.errors import Unavailable
 from cupixfs.data.store import DataStore, ReadAheadConfig
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import MiB, blob_bytes, inode_of, stack_of, video_path, videos
@@ -124,13 +126,14 @@ def test_a_sequential_read_is_one_request_and_its_blocks_reach_the_page_cache_ah
         assert data == expected[offset : offset + len(data)], offset
 
 
-def test_a_stream_holds_back_only_what_the_budget_allows_and_gives_it_back(
+def test_streams_stay_within_the_read_ahead_budget_and_give_it_back(
     server: FakeServer, capture_id: int, tmp_path: Path
 ) -> None:
-    video = videos(server)[1]
+    video = videos(server)[1]  # 12 MiB: its whole window is claimed at its first read
     expected = blob_bytes(server, video)
     pushes = Pushes()
-    held: list[int] = []
+    in_flight: list[int] = []
+    got = bytearray()
 
     async def main() -> None:
         async with stack_of(server, tmp_path) as stack, trio.open_nursery() as nursery:
@@ -138,26 +141,31 @@ def test_a_stream_holds_back_only_what_the_budget_allows_and_gives_it_back(
                 stack.fetcher, stack.blocks, readahead=ReadAheadConfig(budget_blocks=3)
             )
             data.start(nursery)
+
+            async def watch() -> None:
+                while True:
+                    in_flight.append(data.in_flight)
+                    await trio.sleep(0.001)
+
+            nursery.start_soon(watch)
             inode = await inode_of(stack.vfs, video_path(capture_id, video))
             handle = await data.open(stack.vfs.namespace.node(inode).source, None, pushes)
-            assert await data.read(handle, 0, MiB) == expected[:MiB]
-            # The whole (12 MiB) file comes at once; half its window is held back for the
-            # reader's next read to move on, but only 3 blocks may be: the rest is pushed.
-            with trio.fail_after(5):
-                while len(pushes.got) + data.held_back < 12:
-                    held.append(data.held_back)
+            server.faults.update(latency_s=0.05)  # each request takes a while
+            with trio.fail_after(10):  # the budget must not starve the stream
+                while chunk := await data.read(handle, len(got), MiB):
+                    got.extend(chunk)
                     await trio.sleep(0.01)
-            await trio.sleep(0.1)
-            held.append(data.held_back)
-            assert max(held) == 3 and len(pushes.got) == 12 - 3
+            server.faults.update(latency_s=0)
             data.release(handle)
-            await trio.testing.wait_all_tasks_blocked()
-            assert data.held_back == 0  # the stream is gone: the budget is whole again
+            await trio.sleep(0.1)
+            assert data.in_flight == 0  # the stream is gone: the budget is whole again
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    for offset, data in pushes.got.items():
-        assert data == expected[offset : offset + len(data)], offset
+    assert bytes(got) == expected
+    assert max(in_flight) == 3  # the budget ran out, and never more was claimed
+    for offset, pushed in pushes.got.items():
+        assert pushed == expected[offset : offset + len(pushed)], offset
 
 
 def test_a_stream_stopped_mid_fetch_leaves_no_reader_waiting_on_it_stuck(
@@ -213,5 +221,27 @@ def test_a_far_seek_stops_the_stream_and_reads_only_what_it_needs(
             assert handle.stream is None  # random access now: no read-ahead
             ranges = server.stats.snapshot()["blob_ranges"]
             assert [(r[1], r[2]) for r in ranges if r[2] >= 30 * MiB] == [(39 * MiB, 40 * MiB - 1)]
+
+    trio.run(main)
+
+
+def test_a_stream_that_failed_is_replaced_not_waited_on(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[0]  # 40 MiB
+    expected = blob_bytes(server, video)
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path, timeout=1.0) as stack:
+            handle = await _open(stack, capture_id, video)
+            assert await stack.data.read(handle, 0, MiB) == expected[:MiB]
+            server.faults.update(outage=True)  # the stream's next request fails
+            with trio.fail_after(10):
+                for _ in range(3):  # each read fails, and none waits on the dead stream
+                    with pytest.raises(Unavailable):
+                        await stack.data.read(handle, 20 * MiB, MiB)
+                server.faults.update(outage=False)
+                got = await stack.data.read(handle, 20 * MiB, MiB)
+            assert got == expected[20 * MiB : 21 * MiB]
 
     trio.run(main)

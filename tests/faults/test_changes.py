@@ -144,6 +144,7 @@ def test_change_detected_by_one_reader_reaches_the_next(
         # The start, read by random access: a first read at offset 0 would fetch this small
         # file whole, leaving no uncached block to notice the change on.
         fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no kernel readahead past them
         try:
             assert os.pread(fd, 100, BLOCK) == old[BLOCK : BLOCK + 100]
             assert os.pread(fd, BLOCK, 0) == old[:BLOCK]

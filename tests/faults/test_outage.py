@@ -59,6 +59,7 @@ def opened_mid_file(m: Mount, f: DataFile, content: bytes) -> Iterator[int]:
     """A file descriptor on *f* that has read a little of its second block: a reader in the
     middle of a file. (A first read at offset 0 would fetch a file this small whole.)"""
     fd = os.open(m.path / f.rel, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no kernel readahead past it
     try:
         assert os.pread(fd, 4096, BLOCK) == content[BLOCK : BLOCK + 4096]
         yield fd
