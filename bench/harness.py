@@ -27,6 +27,7 @@ import httpx
 
 MB = 1_000_000
 MiB = 1 << 20
+GiB = 1 << 30
 TOKEN = "bench-token-0123456789"
 
 #: Slowest throughput a read may have before it is called hung (sets every read's timeout).
@@ -262,6 +263,15 @@ def timed(args: Sequence[str], timeout: float) -> tuple[float, subprocess.Comple
     start = time.perf_counter()
     done = run(args, timeout)
     return time.perf_counter() - start, done
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError as exc:
+        raise BenchError(f"cannot read /proc/{pid}/stat: {exc.strerror}") from None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm(pid: int) -> int:

