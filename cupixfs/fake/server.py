@@ -32,7 +32,7 @@ from .api import CupixApi
 from .blobs import PLAIN_PREFIX, STORE_PREFIX, BlobStore
 from .dataset import Dataset
 from .faults import Decision, Faults
-from .responses import FileBody, Response, json_error, s3_error
+from .responses import FileBody, Response, api_error, json_error, s3_error
 from .stats import Stats
 
 __all__ = ["FakeServer"]
@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         message = {429: "Too many requests", 500: "Internal server error"}.get(
             status, "Service unavailable"
         )
-        return json_error(status, message, headers)
+        return api_error(status, message, headers)
 
     def _read_body(self) -> bytes | None:
         """Read the request body so the next keep-alive request starts at the right byte."""
