@@ -18,7 +18,7 @@ from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.fs.pagecache import KernelCache
-from cupixfs.namespace.nodes import DirNode, FileNode, Node
+from cupixfs.namespace.nodes import DirNode, FileNode, LinkNode, Node
 from cupixfs.namespace.tree import Namespace
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Attr:
     size: int | None
     mtime: datetime
     ctime: datetime
+    is_link: bool = False
 
 
 class IsADirectory(CupixError):
@@ -46,8 +47,17 @@ class NotADirectory(CupixError):
     """readdir() or lookup() in a file."""
 
 
+class NotALink(CupixError):
+    """readlink() of something that is not a symbolic link."""
+
+
 class Vfs:
-    """Lookup, attributes, listings, and reads by inode."""
+    """Lookup, attributes, listings, and reads by inode.
+
+    It keeps the kernel's lookup counts in the namespace (`remember`, `forget`) and pins
+    what is open, so that what the kernel has forgotten is dropped, with everything kept
+    for it here and in the data layer.
+    """
 
     def __init__(
         self,
@@ -61,14 +71,22 @@ class Vfs:
         #: The kernel's page cache (pushes ahead of sequential readers, drops on change).
         self.kernel = kernel or KernelCache()
         self._started = started
-        self._handles: dict[int, OpenFile] = {}
+        self._handles: dict[int, tuple[int, OpenFile]] = {}
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
+        namespace.on_drop = self._dropped
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
         mtime = node.mtime or self._started
-        return Attr(inode, isinstance(node, DirNode), size, mtime, node.ctime or mtime)
+        return Attr(
+            inode,
+            isinstance(node, DirNode),
+            size,
+            mtime,
+            node.ctime or mtime,
+            is_link=isinstance(node, LinkNode),
+        )
 
     async def getattr(self, inode: int) -> Attr:
         node = self.namespace.node(inode)
@@ -76,14 +94,65 @@ class Vfs:
             return self._attr(inode, node, None)  # a live document: never cache its size
         if isinstance(node, FileNode) and node.source is not None:
             return self._attr(inode, node, await self.data.size(node.source))
+        if isinstance(node, LinkNode):
+            return self._attr(inode, node, len(node.target.encode()))
         return self._attr(inode, node, 0)
 
     async def lookup(self, parent: int, name: str) -> Attr:
+        """The entry the kernel asks for; it counts as one lookup of its inode."""
         try:
             inode = await self.namespace.lookup(parent, name)
         except NotADirectoryError:
             raise NotADirectory(name) from None
-        return await self.getattr(inode)
+        self.namespace.ref(inode)  # held while its attributes are learnt, kept if they are
+        try:
+            return await self.getattr(inode)
+        except BaseException:
+            self.namespace.unref(inode)
+            raise
+
+    # -- what the kernel knows -------------------------------------------------------------
+
+    def remember(self, inode: int) -> bool:
+        """Count one lookup of an entry a listing returned to the kernel; False (count
+        nothing, return nothing) when that inode has been dropped meanwhile."""
+        return self.namespace.ref(inode)
+
+    def known(self, inode: int) -> bool:
+        return self.namespace.known(inode)
+
+    def forget(self, lookups: list[tuple[int, int]]) -> None:
+        """The kernel's ``forget``: it no longer knows these inodes by so many lookups."""
+        for inode, count in lookups:
+            self.namespace.unref(inode, count)
+
+    def opendir(self, inode: int) -> None:
+        """An open directory handle pins its inode until `releasedir`."""
+        self.namespace.node(inode)
+        self.namespace.ref(inode)
+
+    def releasedir(self, inode: int) -> None:
+        self.namespace.unref(inode)
+
+    def _dropped(self, inode: int, last_of: str | None) -> None:
+        """The namespace dropped *inode*; *last_of* is the key of the file whose last
+        inode it was, whose sizes, documents and signed URL can go too."""
+        self._kernel_version.pop(inode, None)
+        if last_of is not None:
+            self.data.forget(last_of)
+
+    def table_sizes(self) -> dict[str, int]:
+        return {
+            **self.namespace.table_sizes(),
+            "kernel_versions": len(self._kernel_version),
+            "open_files": len(self._handles),
+        }
+
+    def readlink(self, inode: int) -> str:
+        node = self.namespace.node(inode)
+        if not isinstance(node, LinkNode):
+            raise NotALink(str(inode))
+        return node.target
 
     async def listdir(self, inode: int) -> list[tuple[str, Attr]]:
         """Every child with its attributes; file sizes are learnt concurrently.
@@ -139,8 +208,11 @@ class Vfs:
         pushed = isinstance(node.source, RemoteFile | DerivedFile)
         push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
+        if not self.namespace.ref(inode):  # pinned while open
+            self.data.release(handle)
+            raise NotFound(f"inode {inode} was forgotten while it was being opened")
         fh = next(self._next_fh)
-        self._handles[fh] = handle
+        self._handles[fh] = (inode, handle)
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         if handle.version is not None:
             self._kernel_version[inode] = handle.version
@@ -148,15 +220,17 @@ class Vfs:
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
         try:
-            handle = self._handles[fh]
+            _inode, handle = self._handles[fh]
         except KeyError:
             raise NotFound(f"no open file {fh}") from None
         return await self.data.read(handle, offset, size)
 
     def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is not None:
+        opened = self._handles.pop(fh, None)
+        if opened is not None:
+            inode, handle = opened
             self.data.release(handle)
+            self.namespace.unref(inode)
 
     def changed(self, source: FileSource) -> None:
         """*source*'s remote file changed (or its size was corrected): the kernel's pages
@@ -170,7 +244,7 @@ class Vfs:
             return dict(node.xattrs, cache_key=node.source.key)
         if isinstance(node, FileNode) and isinstance(node.source, DerivedFile):
             return dict(node.xattrs, cache_key=node.source.base.key)  # computed from its base
-        return node.xattrs
+        return dict(node.xattrs)
 
     def inodes_of(self, source: FileSource) -> list[int]:
         """Every inode whose bytes come from *source* (a sub shows up in several places)."""

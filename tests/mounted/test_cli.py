@@ -75,7 +75,9 @@ def test_background_mount_returns_when_ready_and_unmounts(
         )
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(mountpoint)  # ready as soon as the command returns
-        assert os.listdir(mountpoint / "captures") == [capture]
+        assert sorted(os.listdir(mountpoint / "captures")) == sorted(
+            str(c["id"]) for c in dataset["captures"]
+        )
         with open("/proc/mounts") as mounts:
             line = next(m for m in mounts if str(mountpoint) in m)
         assert "fuse.cupixfs" in line and " ro," in line
@@ -106,7 +108,7 @@ def test_a_stale_mount_is_cleaned_up(mounter: Any, fake: FakeServer) -> None:
         try:
             result = _run("mount", str(m.path), "--api-url", fake.api_url)
             assert result.returncode == 0, result.stderr
-            assert sorted(os.listdir(m.path)) == ["captures", "clusters", "records"]
+            assert sorted(os.listdir(m.path)) == ["captures", "clusters", "projects", "records"]
         finally:
             force_unmount(m.path)
 
