@@ -157,11 +157,21 @@ class _Handler(BaseHTTPRequestHandler):
         route = fake.api.route_template(path) if kind == "api" else ""
         if kind == "api":
             fake.stats.api_request(route)
-        elif kind == "blob":
+            fake.stats.api_started()
+            try:
+                self._answer(kind, method, path, query)
+            finally:
+                fake.stats.api_finished()
+            return
+        if kind == "blob":
             fake.stats.blob_request()
         elif kind == "plain":
             fake.stats.plain_request()
+        self._answer(kind, method, path, query)
 
+    def _answer(self, kind: Kind, method: str, path: str, query: str) -> None:
+        """Apply the fault decision, then send what the route returns."""
+        fake = self.server.fake
         decision = fake.faults.decide("blob" if kind in ("blob", "plain") else "api")
         if decision.abort == "outage":
             fake.stats.fault("outage")

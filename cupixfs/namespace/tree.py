@@ -1,26 +1,29 @@
 """The inode table and the listing cache, sized by what is in use.
 
-An inode lives while the kernel knows it (its lookup count, kept as libfuse
-documents it: one per entry returned by lookup or readdirplus, less what
-``forget`` gives back), while an open handle pins it, or while it is listed in
-its directory's cached listing. When none of these holds any more, it is dropped
-with its node, and so is every table entry keyed by it; the owner is told
-(`Namespace.on_drop`) so it can drop what it keeps per inode or per file too.
+An inode lives while the kernel knows it: its lookup count, kept as libfuse
+documents it (one per entry returned by lookup or readdirplus, less what
+``forget`` gives back), plus one per open handle. When that count returns to 0
+the inode is dropped with its node, and so is every table entry keyed by it;
+the owner is told (`Namespace.on_drop`) so it can drop what it keeps per inode
+or per file too. An inode handed out by a listing but not (yet) to the kernel
+lives as long as that listing.
 
-Listings from the API are trusted for *listing_ttl* seconds; concurrent requests
-for the same directory share one API call. They are held in a cache bounded by
-the number of entries they list (least recently used first out), so memory
-follows what is in use rather than everything ever listed.
+A listing holds what the API said a directory contains (names and nodes). It
+is trusted for *listing_ttl* seconds; concurrent requests for one directory
+share one API call. Listings go with their directory's inode, and are held in a
+cache bounded by the number of entries they list (least recently used first
+out), so memory follows what is in use rather than everything ever listed.
 
 Inode numbers are handed out per ``(parent inode, name)`` and never reused
-during a mount: a path keeps its inode while it is known, and a different file
-(another source, or a file that became a directory) always gets a new one.
+during a mount: a path keeps its inode while the kernel knows it, and a
+different file (another source, or a file that became a directory) always gets
+a new one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import cachetools
@@ -43,22 +46,20 @@ class _Entry:
     name: str
     #: The kernel's lookup count plus the open handles on it.
     refs: int = 0
-    #: Whether its directory's cached listing lists it.
-    listed: bool = False
 
 
 @dataclass(slots=True)
 class _Listing:
-    children: list[int]  # inodes, in listing order
+    names: dict[str, Node]  # in listing order
     expires: float
 
 
 class _Listings(cachetools.LRUCache[int, _Listing]):
     """Listings by directory inode, bounded by the entries they hold; evictions are kept
-    in `evicted` for the namespace to settle (their children may be dropped)."""
+    in `evicted` for the namespace to settle (inodes only they held are dropped)."""
 
     def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize, getsizeof=lambda listing: min(len(listing.children) + 1, maxsize))
+        super().__init__(maxsize, getsizeof=lambda listing: min(len(listing.names) + 1, maxsize))
         self.evicted: list[tuple[int, _Listing]] = []
 
     def popitem(self) -> tuple[int, _Listing]:
@@ -126,12 +127,14 @@ class Namespace:
         return True
 
     def unref(self, inode: int, count: int = 1) -> None:
-        """Give back *count* lookups or handles (the kernel's ``forget``, a ``release``)."""
+        """Give back *count* lookups or handles (the kernel's ``forget``, a ``release``);
+        at 0 the inode is dropped."""
         entry = self._entries.get(inode)
-        if entry is None:
+        if entry is None or inode == ROOT_INODE:
             return
         entry.refs = max(0, entry.refs - count)
-        self._settle(inode)
+        if entry.refs == 0:
+            self._drop(inode)
 
     def table_sizes(self) -> dict[str, int]:
         """The sizes of what is kept (for the status file: memory follows use)."""
@@ -144,19 +147,20 @@ class Namespace:
         }
 
     def _adopt(self, parent: int, name: str, node: Node) -> int:
-        """Give *node* the inode of ``parent/name`` (the same while it is the same file, else
-        a new one) and record it."""
+        """The inode of ``parent/name`` for *node*: the one it has while it is the same file,
+        else a new one."""
         key = (parent, name)
         inode = self._inode_of.get(key)
         entry = self._entries.get(inode) if inode is not None else None
-        if inode is not None and entry is not None and _identity(entry.node) == _identity(node):
-            entry.node = node
-            return inode
         if inode is not None and entry is not None:
+            if _identity(entry.node) == _identity(node):
+                entry.node = node
+                return inode
             # Another file (or a file became a directory): a new inode, so the kernel
             # never mixes the two; the old one lives on while the kernel knows it.
-            entry.listed = False
-            self._settle(inode)
+            del self._inode_of[key]
+            if entry.refs == 0:
+                self._drop(inode)
         inode = self._next_inode
         self._next_inode += 1
         self._inode_of[key] = inode
@@ -166,20 +170,19 @@ class Namespace:
             self._key_refs[source] = self._key_refs.get(source, 0) + 1
         return inode
 
-    def _settle(self, inode: int) -> None:
-        """Drop *inode* if nothing holds it any more, and what only it held."""
+    def _drop(self, inode: int) -> None:
+        """Drop *inode*, its listing, and the inodes only that listing held."""
         pending = [inode]
         while pending:
             current = pending.pop()
-            entry = self._entries.get(current)
-            if entry is None or current == ROOT_INODE or entry.refs > 0 or entry.listed:
+            entry = self._entries.pop(current, None)
+            if entry is None:
                 continue
-            del self._entries[current]
             if self._inode_of.get((entry.parent, entry.name)) == current:
                 del self._inode_of[(entry.parent, entry.name)]
             listing = self._listings.pop(current, None)
             if listing is not None:
-                pending += self._unlist(current, listing.children)
+                pending += self._unheld(current, listing.names)
             last_of: str | None = None
             source = _source_key(entry.node)
             if source is not None:
@@ -192,21 +195,21 @@ class Namespace:
             if self.on_drop is not None:
                 self.on_drop(current, last_of)
 
-    def _unlist(self, directory: int, children: list[int]) -> list[int]:
-        """Mark *children* as no longer listed by *directory*; the ones to settle."""
-        unlisted = []
-        for child in children:
-            entry = self._entries.get(child)
-            if entry is not None and entry.parent == directory and entry.listed:
-                entry.listed = False
-                unlisted.append(child)
-        return unlisted
+    def _unheld(self, directory: int, names: Iterable[str]) -> list[int]:
+        """The inodes of *names* in *directory* that the kernel does not hold: a listing
+        that goes takes them along."""
+        unheld = []
+        for name in names:
+            child = self._inode_of.get((directory, name))
+            if child is not None and self._entries[child].refs == 0:
+                unheld.append(child)
+        return unheld
 
     def _settle_evicted(self) -> None:
         while self._listings.evicted:
             directory, listing = self._listings.evicted.pop()
-            for child in self._unlist(directory, listing.children):
-                self._settle(child)
+            for child in self._unheld(directory, listing.names):
+                self._drop(child)
 
     # -- listings ----------------------------------------------------------------------
 
@@ -222,8 +225,8 @@ class Namespace:
             return listing
         return None
 
-    def _names(self, listing: _Listing) -> list[tuple[str, int]]:
-        return [(self._entries[child].name, child) for child in listing.children]
+    def _names(self, directory: int, listing: _Listing) -> list[tuple[str, int]]:
+        return [(name, self._adopt(directory, name, node)) for name, node in listing.names.items()]
 
     async def listdir(self, inode: int) -> list[tuple[str, int]]:
         """``(name, inode)`` of every child, from the cache or one (shared) API listing."""
@@ -231,7 +234,7 @@ class Namespace:
         while True:
             listing = self._fresh(inode, directory)
             if listing is not None:
-                return self._names(listing)
+                return self._names(inode, listing)
             loading = self._loading.get(inode)
             if loading is None:
                 break
@@ -247,21 +250,18 @@ class Namespace:
                 # Better an old listing than none while the API is down; retry soon.
                 log.warning("serving a stale listing (inode %d): %s", inode, exc)
                 old.expires = trio.current_time() + min(self._ttl, 5.0)
-                return self._names(old)
+                return self._names(inode, old)
             if not self.known(inode):
                 raise NotFound(f"inode {inode} was forgotten while it was being listed")
-            inodes = [self._adopt(inode, name, node) for name, node in children]
-            for child in inodes:
-                self._entries[child].listed = True
-            new = _Listing(inodes, trio.current_time() + self._ttl)
+            new = _Listing(dict(children), trio.current_time() + self._ttl)
             current = self._listings.pop(inode, None)  # never "evicted" by its own update
             if current is not None:
-                kept = set(inodes)
-                for child in self._unlist(inode, [c for c in current.children if c not in kept]):
-                    self._settle(child)
+                gone = [name for name in current.names if name not in new.names]
+                for child in self._unheld(inode, gone):
+                    self._drop(child)
             self._listings[inode] = new
             self._settle_evicted()
-            return self._names(new)
+            return self._names(inode, new)
         finally:
             del self._loading[inode]
             event.set()
@@ -278,19 +278,20 @@ class Namespace:
             return self.parent(parent)
         directory = self._dir(parent)
         listing = self._fresh(parent, directory)
-        if listing is not None:
-            found = self._listed_child(parent, name)
-            if found is not None:
-                return found
+        if listing is not None and name in listing.names:
+            return self._adopt(parent, name, listing.names[name])
         if directory.lookup_extra is not None:
             node = await directory.lookup_extra(name)  # NotFound: certainly not here
             if node is not None:
-                return self._adopt_extra(parent, name, node)
+                current = self._listings.get(parent)
+                if current is not None and not node.hidden:
+                    current.names[name] = node  # shown in the listing from now on
+                return self._adopt(parent, name, node)
         if listing is None:
             await self.listdir(parent)
-            found = self._listed_child(parent, name)
-            if found is not None:
-                return found
+            listing = self._listings.get(parent)
+            if listing is not None and name in listing.names:
+                return self._adopt(parent, name, listing.names[name])
         raise NotFound(f"no entry {name!r}")
 
     def expire_listings(self) -> list[tuple[int, str]]:
@@ -303,27 +304,8 @@ class Namespace:
         for listing in self._listings.values():
             listing.expires = float("-inf")
         return [
-            (inode, self._entries[child].name)
-            for inode, listing in self._listings.items()
-            for child in listing.children
-            if child in self._entries
+            (inode, name) for inode, listing in self._listings.items() for name in listing.names
         ]
-
-    def _listed_child(self, parent: int, name: str) -> int | None:
-        child = self._inode_of.get((parent, name))
-        if child is not None and self._entries[child].listed:
-            return child
-        return None
-
-    def _adopt_extra(self, parent: int, name: str, node: Node) -> int:
-        """A node found by a directory's own lookup: adopted, and shown in its listing."""
-        inode = self._adopt(parent, name, node)
-        listing = self._listings.get(parent)
-        entry = self._entries[inode]
-        if listing is not None and not node.hidden and not entry.listed:
-            listing.children.append(inode)
-            entry.listed = True
-        return inode
 
     def inodes_with_source(self, key: str) -> list[int]:
         """Inodes of the files whose source has this key."""
