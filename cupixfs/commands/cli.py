@@ -297,7 +297,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = resolve(mountpoint, "demo-token", values)
         print(
             f"cupixfs demo: fake Cupix API at {server.api_url}\n"
-            f"cupixfs demo: mounted at {mountpoint}  (try: ls -lR {mountpoint})\n"
+            f"cupixfs demo: mounted at {mountpoint}\n"
+            f"cupixfs demo: try: ls -lR '{mountpoint}/projects'; ls -l '{mountpoint}/captures'\n"
             "cupixfs demo: press Ctrl-C to unmount and stop",
             file=sys.stderr,
         )

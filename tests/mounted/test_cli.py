@@ -165,6 +165,10 @@ def test_demo_mounts_sample_data_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         videos = mountpoint / "captures" / captures[0] / "videos"
         assert all((videos / name).stat().st_size > 0 for name in os.listdir(videos))
         assert os.listdir(mountpoint / "clusters")
+        walk = mountpoint / "projects" / "Riverside Tower" / "Level 1" / "2023-11-17 Level 1 walk"
+        assert os.readlink(walk).startswith("../../../captures/")
+        assert os.listdir(walk / "videos")  # the project tree leads to the capture's files
+        assert "projects" in log.read_text()  # the demo points at the project tree
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
         assert not os.path.ismount(mountpoint)
