@@ -31,7 +31,14 @@ from cupixfs.api.models import (
 )
 from cupixfs.api.regions import DEFAULT_REGION, api_url
 from cupixfs.api.response_cache import ResponseCache
-from cupixfs.core.errors import AuthError, NotCached, NotFound, ProtocolError, Unavailable
+from cupixfs.core.errors import (
+    AuthError,
+    NotCached,
+    NotFound,
+    ProtocolError,
+    Unavailable,
+    unwrap,
+)
 from cupixfs.core.retry import Retryable, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
@@ -274,9 +281,12 @@ class CupixClient:
                 if page == total:
                     last = found
 
-            async with trio.open_nursery() as nursery:  # one failed page fails them all
-                for page in range(2, total + 1):
-                    nursery.start_soon(fetch, page)
+            try:
+                async with trio.open_nursery() as nursery:  # one failed page fails them all
+                    for page in range(2, total + 1):
+                        nursery.start_soon(fetch, page)
+            except BaseExceptionGroup as group:
+                raise unwrap(group) from None
             pages += rest
             page, pagination = total, last
         else:
