@@ -138,12 +138,14 @@ class Vfs:
         """The namespace dropped *inode*; *last_of* is the key of the file whose last
         inode it was, whose sizes, documents and signed URL can go too."""
         self._kernel_version.pop(inode, None)
+        self.kernel.forget(inode)
         if last_of is not None:
             self.data.forget(last_of)
 
     def table_sizes(self) -> dict[str, int]:
         return {
             **self.namespace.table_sizes(),
+            **self.data.table_sizes(),
             "kernel_versions": len(self._kernel_version),
             "open_files": len(self._handles),
         }
