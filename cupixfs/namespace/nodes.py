@@ -1,12 +1,15 @@
 """The entries of the tree: directories that know how to list themselves, files, and links.
 
 A node holds what the API told us about one entry (names, times, ids for
-extended attributes) and, for a file, where its bytes come from. Inode numbers
-are given out by `cupixfs.namespace.tree.Namespace`, not here.
+extended attributes) and, for a file, where its bytes come from. A node object
+stands for one entry, in one directory under one name: the namespace writes its
+inode number and lookup count into it (`Namespace` gives them out, not this
+module).
 
 Nodes are many (one per entry the kernel knows), so they are slotted and share
 what they can: times and extended attributes usually point into the API record
-they came from instead of copying it.
+they came from instead of copying it, and the inode table is the nodes
+themselves rather than a record per inode beside them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class Node:
     xattrs: Mapping[str, str] = field(default_factory=lambda: NO_XATTRS)  # one shared, empty
     #: Reachable by name but never listed (the ``.cupixfs`` control directory).
     hidden: bool = False
+    # Kept by the namespace: the inode number (0 until placed), where it is placed (its
+    # directory's inode and its name there), and the kernel's lookups plus open handles.
+    inode: int = field(default=0, init=False, repr=False, compare=False)
+    parent_inode: int = field(default=0, init=False, repr=False, compare=False)
+    name: str = field(default="", init=False, repr=False, compare=False)
+    refs: int = field(default=0, init=False, repr=False, compare=False)
 
 
 @dataclass(slots=True)

@@ -40,15 +40,6 @@ MAX_LISTED_ENTRIES = 100_000
 
 
 @dataclass(slots=True)
-class _Entry:
-    node: Node
-    parent: int
-    name: str
-    #: The kernel's lookup count plus the open handles on it.
-    refs: int = 0
-
-
-@dataclass(slots=True)
 class _Listing:
     names: dict[str, Node]  # in listing order
     expires: float
@@ -83,7 +74,11 @@ def _source_key(node: Node) -> str | None:
 
 
 class Namespace:
-    """Maps inodes to nodes, and names in a directory to inodes."""
+    """Maps inodes to nodes, and names in a directory to inodes.
+
+    The inode table is the nodes themselves (`Node.inode`, `Node.refs`): a listing maps
+    names to nodes, and a node the kernel was given knows its inode.
+    """
 
     def __init__(
         self,
@@ -91,14 +86,18 @@ class Namespace:
         listing_ttl: float = 60.0,
         max_listed: int = MAX_LISTED_ENTRIES,
     ) -> None:
-        self._entries: dict[int, _Entry] = {ROOT_INODE: _Entry(root, ROOT_INODE, "", refs=1)}
-        self._inode_of: dict[tuple[int, str], int] = {}
+        root.inode, root.parent_inode, root.refs = ROOT_INODE, ROOT_INODE, 1
+        self._nodes: dict[int, Node] = {ROOT_INODE: root}
         self._next_inode = ROOT_INODE + 1
         self._listings = _Listings(max_listed)
         self._loading: dict[int, trio.Event] = {}
         self._ttl = listing_ttl
         #: Live inodes per file source key: a file's data is forgotten with its last inode.
         self._key_refs: dict[str, int] = {}
+        #: Placed nodes no cached listing holds, by directory and name: found by a lookup
+        #: of its own, or held by the kernel when their listing was evicted. A listing
+        #: made later gives them their inode back.
+        self._unlisted: dict[int, dict[str, Node]] = {}
         #: Called with every dropped inode, and the key of its source when it was that
         #: file's last inode (else None).
         self.on_drop: Callable[[int, str | None], None] | None = None
@@ -106,85 +105,91 @@ class Namespace:
     # -- the table ---------------------------------------------------------------------
 
     def node(self, inode: int) -> Node:
-        entry = self._entries.get(inode)
-        if entry is None:
+        node = self._nodes.get(inode)
+        if node is None:
             raise NotFound(f"no inode {inode}")
-        return entry.node
+        return node
 
     def parent(self, inode: int) -> int:
-        entry = self._entries.get(inode)
-        return entry.parent if entry is not None else ROOT_INODE
+        node = self._nodes.get(inode)
+        return node.parent_inode if node is not None else ROOT_INODE
 
     def known(self, inode: int) -> bool:
-        return inode in self._entries
+        return inode in self._nodes
 
     def ref(self, inode: int) -> bool:
         """Count one more kernel lookup or open handle of *inode*; False if it is gone."""
-        entry = self._entries.get(inode)
-        if entry is None:
+        node = self._nodes.get(inode)
+        if node is None:
             return False
-        entry.refs += 1
+        node.refs += 1
         return True
 
     def unref(self, inode: int, count: int = 1) -> None:
         """Give back *count* lookups or handles (the kernel's ``forget``, a ``release``);
         at 0 the inode is dropped."""
-        entry = self._entries.get(inode)
-        if entry is None or inode == ROOT_INODE:
+        node = self._nodes.get(inode)
+        if node is None or inode == ROOT_INODE:
             return
-        entry.refs = max(0, entry.refs - count)
-        if entry.refs == 0:
+        node.refs = max(0, node.refs - count)
+        if node.refs == 0:
             self._drop(inode)
 
     def table_sizes(self) -> dict[str, int]:
         """The sizes of what is kept (for the status file: memory follows use)."""
         return {
-            "inodes": len(self._entries),
-            "inode_names": len(self._inode_of),
+            "inodes": len(self._nodes),
             "listings": len(self._listings),
             "listed_entries": int(self._listings.currsize),
             "source_keys": len(self._key_refs),
+            "unlisted": sum(len(names) for names in self._unlisted.values()),
         }
 
-    def _adopt(self, parent: int, name: str, node: Node) -> int:
-        """The inode of ``parent/name`` for *node*: the one it has while it is the same file,
-        else a new one."""
-        key = (parent, name)
-        inode = self._inode_of.get(key)
-        entry = self._entries.get(inode) if inode is not None else None
-        if inode is not None and entry is not None:
-            if _identity(entry.node) == _identity(node):
-                entry.node = node
-                return inode
+    def _placed(self, node: Node | None) -> bool:
+        return node is not None and node.inode != 0 and self._nodes.get(node.inode) is node
+
+    def _place(self, parent: int, name: str, node: Node, before: Node | None) -> int:
+        """The inode of *node*, listed as ``parent/name`` where *before* was listed until
+        now: *before*'s while it is the same file, else a new one."""
+        if self._placed(node):
+            if node.parent_inode != parent:
+                raise ValueError(f"a node listed in two places ({name!r})")
+            return node.inode
+        if before is not None and before is not node and self._placed(before):
+            if _identity(before) == _identity(node):
+                node.inode, node.parent_inode, node.refs = before.inode, parent, before.refs
+                node.name = name
+                self._nodes[node.inode] = node
+                self._forget_unlisted(before)
+                return node.inode
             # Another file (or a file became a directory): a new inode, so the kernel
             # never mixes the two; the old one lives on while the kernel knows it.
-            del self._inode_of[key]
-            if entry.refs == 0:
-                self._drop(inode)
-        inode = self._next_inode
+            if before.refs == 0:
+                self._drop(before.inode)
+        node.inode, node.parent_inode, node.refs = self._next_inode, parent, 0
+        node.name = name
         self._next_inode += 1
-        self._inode_of[key] = inode
-        self._entries[inode] = _Entry(node, parent, name)
+        self._nodes[node.inode] = node
         source = _source_key(node)
         if source is not None:
             self._key_refs[source] = self._key_refs.get(source, 0) + 1
-        return inode
+        return node.inode
 
     def _drop(self, inode: int) -> None:
         """Drop *inode*, its listing, and the inodes only that listing held."""
         pending = [inode]
         while pending:
             current = pending.pop()
-            entry = self._entries.pop(current, None)
-            if entry is None:
+            node = self._nodes.pop(current, None)
+            if node is None:
                 continue
-            if self._inode_of.get((entry.parent, entry.name)) == current:
-                del self._inode_of[(entry.parent, entry.name)]
+            self._forget_unlisted(node)
             listing = self._listings.pop(current, None)
             if listing is not None:
-                pending += self._unheld(current, listing.names)
+                pending += self._unheld(listing.names.values())
+            pending += self._unheld(self._unlisted.pop(current, {}).values())
             last_of: str | None = None
-            source = _source_key(entry.node)
+            source = _source_key(node)
             if source is not None:
                 left = self._key_refs.get(source, 1) - 1
                 if left > 0:
@@ -195,21 +200,30 @@ class Namespace:
             if self.on_drop is not None:
                 self.on_drop(current, last_of)
 
-    def _unheld(self, directory: int, names: Iterable[str]) -> list[int]:
-        """The inodes of *names* in *directory* that the kernel does not hold: a listing
-        that goes takes them along."""
-        unheld = []
-        for name in names:
-            child = self._inode_of.get((directory, name))
-            if child is not None and self._entries[child].refs == 0:
-                unheld.append(child)
-        return unheld
+    def _unheld(self, nodes: Iterable[Node]) -> list[int]:
+        """The inodes of *nodes* that the kernel does not hold: a listing that goes takes
+        them along."""
+        return [node.inode for node in nodes if self._placed(node) and node.refs == 0]
+
+    def _forget_unlisted(self, node: Node) -> None:
+        names = self._unlisted.get(node.parent_inode)
+        if names is not None and names.get(node.name) is node:
+            del names[node.name]
+            if not names:
+                del self._unlisted[node.parent_inode]
 
     def _settle_evicted(self) -> None:
+        """Listings pushed out of the cache: what only they held goes; what the kernel
+        holds stays, unlisted, until their directory is listed again."""
         while self._listings.evicted:
             directory, listing = self._listings.evicted.pop()
-            for child in self._unheld(directory, listing.names):
-                self._drop(child)
+            for name, node in listing.names.items():
+                if not self._placed(node):
+                    continue
+                if node.refs == 0:
+                    self._drop(node.inode)
+                elif directory in self._nodes:
+                    self._unlisted.setdefault(directory, {})[name] = node
 
     # -- listings ----------------------------------------------------------------------
 
@@ -226,7 +240,9 @@ class Namespace:
         return None
 
     def _names(self, directory: int, listing: _Listing) -> list[tuple[str, int]]:
-        return [(name, self._adopt(directory, name, node)) for name, node in listing.names.items()]
+        return [
+            (name, self._place(directory, name, node, None)) for name, node in listing.names.items()
+        ]
 
     async def listdir(self, inode: int) -> list[tuple[str, int]]:
         """``(name, inode)`` of every child, from the cache or one (shared) API listing."""
@@ -255,13 +271,23 @@ class Namespace:
                 raise NotFound(f"inode {inode} was forgotten while it was being listed")
             new = _Listing(dict(children), trio.current_time() + self._ttl)
             current = self._listings.pop(inode, None)  # never "evicted" by its own update
+            before = self._unlisted.pop(inode, {})
             if current is not None:
-                gone = [name for name in current.names if name not in new.names]
-                for child in self._unheld(inode, gone):
-                    self._drop(child)
+                before.update(current.names)
+            names = [
+                (name, self._place(inode, name, node, before.get(name)))
+                for name, node in new.names.items()
+            ]
+            for name, node in before.items():
+                if name in new.names or not self._placed(node):
+                    continue
+                if node.refs == 0:
+                    self._drop(node.inode)
+                else:  # held by the kernel, though not listed: kept, and found again by name
+                    self._unlisted.setdefault(inode, {})[name] = node
             self._listings[inode] = new
             self._settle_evicted()
-            return self._names(inode, new)
+            return names
         finally:
             del self._loading[inode]
             event.set()
@@ -279,19 +305,25 @@ class Namespace:
         directory = self._dir(parent)
         listing = self._fresh(parent, directory)
         if listing is not None and name in listing.names:
-            return self._adopt(parent, name, listing.names[name])
+            return self._place(parent, name, listing.names[name], None)
         if directory.lookup_extra is not None:
             node = await directory.lookup_extra(name)  # NotFound: certainly not here
             if node is not None:
                 current = self._listings.get(parent)
+                before = current.names.get(name) if current is not None else None
+                if before is None:
+                    before = self._unlisted.get(parent, {}).get(name)
+                inode = self._place(parent, name, node, before)
                 if current is not None and not node.hidden:
                     current.names[name] = node  # shown in the listing from now on
-                return self._adopt(parent, name, node)
+                else:
+                    self._unlisted.setdefault(parent, {})[name] = node
+                return inode
         if listing is None:
             await self.listdir(parent)
             listing = self._listings.get(parent)
             if listing is not None and name in listing.names:
-                return self._adopt(parent, name, listing.names[name])
+                return self._place(parent, name, listing.names[name], None)
         raise NotFound(f"no entry {name!r}")
 
     def expire_listings(self) -> list[tuple[int, str]]:
@@ -311,4 +343,4 @@ class Namespace:
         """Inodes of the files whose source has this key."""
         if key not in self._key_refs:
             return []
-        return [inode for inode, entry in self._entries.items() if _source_key(entry.node) == key]
+        return [inode for inode, node in self._nodes.items() if _source_key(node) == key]

@@ -66,10 +66,10 @@ def test_what_the_kernel_forgets_is_dropped_with_its_listing_and_file_data() -> 
         # Only the root stays, with its own listing (the root is never forgotten).
         assert sizes == {
             "inodes": 1,
-            "inode_names": 0,
             "listings": 1,
             "listed_entries": 3,
             "source_keys": 0,
+            "unlisted": 0,
         }
         assert sorted(key for _, key in dropped if key) == ["videos/1", "videos/2", "videos/3"]
         # What the kernel asks again gets new inodes, never the old ones.
@@ -178,6 +178,7 @@ def test_a_lookup_of_its_own_answers_without_listing_the_folder() -> None:
         root = DirNode(list_children=list_children, lookup_extra=lookup)
         ns = Namespace(root)
         found = await ns.lookup(ROOT_INODE, "7")
+        ns.ref(found)  # the kernel got it
         assert listed == 0 and ns.known(found)
         with pytest.raises(NotFound):
             await ns.lookup(ROOT_INODE, "x")
