@@ -7,6 +7,7 @@ endpoint instead of a `KeyError` deep inside a FUSE handler.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,8 +76,10 @@ def _positive_size(value: object) -> int | None:
     return None
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _word(value: object) -> str | None:
+    """A short string many items repeat (``done``, ``sub``, a cluster's name): one shared
+    copy instead of one per item parsed."""
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 64 else None
 
 
 #: Matrix elements met in nearly every transform, shared instead of one float object each.
@@ -88,13 +91,17 @@ def _element(x: float) -> float:
     return float(x) if shared is None else shared
 
 
+IDENTITY: tuple[float, ...] = tuple(float(i % 5 == 0) for i in range(16))
+
+
 def _matrix(value: object) -> tuple[float, ...] | None:
     if (
         isinstance(value, list)
         and len(value) == 16
         and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
     ):
-        return tuple(_element(x) for x in value)
+        matrix = tuple(_element(x) for x in value)
+        return IDENTITY if matrix == IDENTITY else matrix  # the most common one, shared
     return None
 
 
@@ -115,7 +122,7 @@ class Video:
         return cls(
             id=_item_id(item),
             name=_name(attrs),
-            state=_str_or_none(attrs.get("state")),
+            state=_word(attrs.get("state")),
             created_at=parse_time(attrs.get("created_at")),
             updated_at=parse_time(attrs.get("updated_at")),
         )
@@ -167,11 +174,11 @@ class Pointcloud:
         return cls(
             id=_item_id(item),
             name=_name(attrs),
-            kind=kind,
-            pointcloud_type=_str_or_none(attrs.get("pointcloud_type")),
-            state=_str_or_none(attrs.get("state")),
+            kind=sys.intern(kind),
+            pointcloud_type=_word(attrs.get("pointcloud_type")),
+            state=_word(attrs.get("state")),
             cluster_id=_ref_id(cluster),
-            cluster_name=_str_or_none(cluster.get("name")) if isinstance(cluster, dict) else None,
+            cluster_name=_word(cluster.get("name")) if isinstance(cluster, dict) else None,
             parent_id=_ref_id(attrs.get("parent")),
             created_at=parse_time(attrs.get("created_at")),
             updated_at=parse_time(attrs.get("updated_at")),
@@ -202,7 +209,7 @@ class ClusterMember:
         return cls(
             id=_item_id(item),
             cluster_id=_ref_id(cluster),
-            cluster_name=_str_or_none(cluster.get("name")) if isinstance(cluster, dict) else None,
+            cluster_name=_word(cluster.get("name")) if isinstance(cluster, dict) else None,
             created_at=parse_time(attrs.get("created_at")),
             updated_at=parse_time(attrs.get("updated_at")),
         )
@@ -225,7 +232,7 @@ class Resource:
         return cls(
             id=_item_id(item),
             name=_name(attrs),
-            kind=_str_or_none(attrs.get("kind")),
+            kind=_word(attrs.get("kind")),
             size=_positive_size(attrs.get("size")),
         )
 
@@ -256,7 +263,7 @@ class Capture:
             facility_id=_ref_id(attrs.get("facility")),
             level_id=_ref_id(attrs.get("level")),
             record_id=_ref_id(attrs.get("record")),
-            state=_str_or_none(attrs.get("state")),
+            state=_word(attrs.get("state")),
             captured_at=parse_time(attrs.get("captured_at")),
             created_at=parse_time(attrs.get("created_at")),
             updated_at=parse_time(attrs.get("updated_at")),

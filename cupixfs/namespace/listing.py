@@ -572,7 +572,7 @@ class Tree:
 
     def _sub_dir(self, pc: Pointcloud, group: Pointcloud | None) -> DirNode:
         node = self._dir(
-            functools.partial(self._sub_files, pc, group),
+            _Sub(self, pc, group).files,
             mtime=pc.updated_at or pc.created_at or self._started,
             ctime=pc.created_at or pc.updated_at or self._started,
         )
@@ -596,7 +596,8 @@ class Tree:
             log.debug("pointcloud %d: no resource sizes (%s)", pc.id, exc)
             return None
 
-    async def _sub_files(self, pc: Pointcloud, group: Pointcloud | None) -> Children:
+    async def _sub_files(self, sub: _Sub) -> Children:
+        pc = sub.pc
         resources = await self._resources(pc)
         if pc.resources_known:
             has_mesh, has_ply = pc.mesh_uploaded_at is not None, pc.ply_uploaded_at is not None
@@ -652,8 +653,8 @@ class Tree:
             )
 
         for name, kind, load in (
-            (META_JSON, "meta", functools.partial(self._meta_document, pc.id)),
-            (TRANSFORM_JSON, "transform", functools.partial(_transform_document, pc, group)),
+            (META_JSON, "meta", sub.meta),
+            (TRANSFORM_JSON, "transform", sub.transform),
         ):
             node = FileNode(
                 mtime=mtime,
@@ -672,6 +673,24 @@ def _file(node: Node | None) -> FileNode | None:
     return node if isinstance(node, FileNode) else None
 
 
-async def _transform_document(pc: Pointcloud, group: Pointcloud | None) -> bytes:
-    """``transform.json``, built when read rather than kept for every sub listed."""
-    return transform_document(pc.id, pc.tm, pc.parent_id, group.tm if group else None, pc.wtm)
+class _Sub:
+    """A sub pointcloud's directory: what lists it, and what renders its documents (one
+    small object per sub, where closures or partials would cost several)."""
+
+    __slots__ = ("_tree", "group", "pc")
+
+    def __init__(self, tree: Tree, pc: Pointcloud, group: Pointcloud | None) -> None:
+        self._tree = tree
+        self.pc = pc
+        self.group = group
+
+    async def files(self) -> Children:
+        return await self._tree._sub_files(self)
+
+    async def meta(self) -> bytes:
+        return await self._tree._meta_document(self.pc.id)
+
+    async def transform(self) -> bytes:
+        """``transform.json``, built when read rather than kept for every sub listed."""
+        pc, group = self.pc, self.group
+        return transform_document(pc.id, pc.tm, pc.parent_id, group.tm if group else None, pc.wtm)
