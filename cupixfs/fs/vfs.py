@@ -89,14 +89,13 @@ class Vfs:
         )
 
     async def getattr(self, inode: int) -> Attr:
+        """Attributes of one inode (the same as a listing gives them)."""
         node = self.namespace.node(inode)
         if isinstance(node, FileNode) and isinstance(node.source, StaticFile) and node.source.live:
             return self._attr(inode, node, None)  # a live document: never cache its size
         if isinstance(node, FileNode) and node.source is not None:
             return self._attr(inode, node, await self.data.size(node.source))
-        if isinstance(node, LinkNode):
-            return self._attr(inode, node, len(node.target.encode()))
-        return self._attr(inode, node, 0)
+        return self._attr(inode, node, _local_size(node))
 
     async def lookup(self, parent: int, name: str) -> Attr:
         """The entry the kernel asks for; it counts as one lookup of its inode."""
@@ -193,7 +192,10 @@ class Vfs:
             raise errors[0]
         for exc in errors:
             log.warning("listing: a file's size is unknown for now: %s", exc)
-        return [(name, self._attr(child, node, sizes.get(child, 0))) for name, child, node in nodes]
+        return [
+            (name, self._attr(child, node, sizes.get(child, _local_size(node))))
+            for name, child, node in nodes
+        ]
 
     async def open(self, inode: int) -> tuple[int, bool, bool]:
         """A handle for reading *inode*, whether the kernel may keep the pages it already
@@ -251,3 +253,8 @@ class Vfs:
     def inodes_of(self, source: FileSource) -> list[int]:
         """Every inode whose bytes come from *source* (a sub shows up in several places)."""
         return self.namespace.inodes_with_source(source.key)
+
+
+def _local_size(node: Node) -> int:
+    """The size of what is not a file's bytes: a link's target's length; 0 for a folder."""
+    return len(node.target.encode()) if isinstance(node, LinkNode) else 0

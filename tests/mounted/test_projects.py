@@ -106,6 +106,7 @@ def _targets(tree: Tree | str) -> Iterator[str]:
 
 def test_links_resolve_and_read_the_right_bytes(mounted: Mount, dataset: dict[str, Any]) -> None:
     link = mounted.path / "projects" / "Tower A _ Phase 2" / "Level 1" / "2023-11-17 main"
+    assert link.name in os.listdir(link.parent)  # attributes as readdirplus gives them
     st = os.lstat(link)
     target = os.readlink(link)
     main = next(c for c in dataset["captures"] if c["name"] == "main")
