@@ -669,6 +669,7 @@ class Tree:
         result = await self._client.get_meta(pointcloud_id)
         return (json.dumps(result, indent=2, sort_keys=True) + "\n").encode()
 
+
 def _file(node: Node | None) -> FileNode | None:
     return node if isinstance(node, FileNode) else None
 
