@@ -30,6 +30,7 @@ from cupixfs.core.errors import (
     Unavailable,
     unwrap,
 )
+from cupixfs.core.memory import give_back
 from cupixfs.fs.vfs import Attr, IsADirectory, NotADirectory, NotALink, Vfs
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ class CupixOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         """The kernel gives back lookups; what it no longer knows is dropped (never raises)."""
         try:
-            self._vfs.forget([(int(inode), count) for inode, count in inode_list])
+            if self._vfs.forget([(int(inode), count) for inode, count in inode_list]):
+                await trio.to_thread.run_sync(give_back)
         except Exception as exc:
             log.error("forget: unexpected %s: %s", type(exc).__name__, exc)
 

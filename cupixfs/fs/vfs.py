@@ -23,6 +23,8 @@ from cupixfs.namespace.tree import Namespace
 
 log = logging.getLogger(__name__)
 
+#: Inodes dropped between two returns of freed memory to the system (`give_back`).
+GIVE_BACK_AFTER = 4096
 #: Size probes in flight for one listing (``ls -l`` must not stat files one by one).
 PROBES_AT_ONCE = 16
 
@@ -75,6 +77,7 @@ class Vfs:
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
+        self._dropped_since_give_back = 0
         namespace.on_drop = self._dropped
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
@@ -120,10 +123,18 @@ class Vfs:
     def known(self, inode: int) -> bool:
         return self.namespace.known(inode)
 
-    def forget(self, lookups: list[tuple[int, int]]) -> None:
-        """The kernel's ``forget``: it no longer knows these inodes by so many lookups."""
+    def forget(self, lookups: list[tuple[int, int]]) -> bool:
+        """The kernel's ``forget``: it no longer knows these inodes by so many lookups.
+
+        True when so much has been dropped since the last time that the freed memory is
+        worth giving back to the system (`cupixfs.core.memory.give_back`).
+        """
         for inode, count in lookups:
             self.namespace.unref(inode, count)
+        if self._dropped_since_give_back < GIVE_BACK_AFTER:
+            return False
+        self._dropped_since_give_back = 0
+        return True
 
     def opendir(self, inode: int) -> None:
         """An open directory handle pins its inode until `releasedir`."""
@@ -137,6 +148,7 @@ class Vfs:
         """The namespace dropped *inode*; *last_of* is the key of the file whose last
         inode it was, whose sizes, documents and signed URL can go too."""
         self._kernel_version.pop(inode, None)
+        self._dropped_since_give_back += 1
         self.kernel.forget(inode)
         if last_of is not None:
             self.data.forget(last_of)

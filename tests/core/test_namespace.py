@@ -4,12 +4,15 @@ inode numbers that are never reused for another file."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 import trio
 
 from cupixfs.core.errors import NotFound
+from cupixfs.core.memory import give_back
 from cupixfs.data.sources import RemoteFile
+from cupixfs.fs.vfs import GIVE_BACK_AFTER, Vfs
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, LinkNode, Node
 from cupixfs.namespace.tree import ROOT_INODE, Namespace
 
@@ -189,5 +192,29 @@ def test_a_lookup_of_its_own_answers_without_listing_the_folder() -> None:
         assert dict(await ns.listdir(ROOT_INODE)).keys() == {"1"}
         assert await ns.lookup(ROOT_INODE, "7") == found  # the same inode, now also listed
         assert dict(await ns.listdir(ROOT_INODE)).keys() == {"1", "7"}
+
+    trio.run(main)
+
+
+def test_the_vfs_drops_what_it_keeps_per_file_and_gives_memory_back_after_a_big_forget() -> None:
+    forgotten: list[str] = []
+
+    class Data:
+        def forget(self, key: str) -> None:
+            forgotten.append(key)
+
+        def table_sizes(self) -> dict[str, int]:
+            return {}
+
+    async def main() -> None:
+        count = GIVE_BACK_AFTER + 10
+        ns = Namespace(_tree({"a": [f"videos/{i}" for i in range(count)]}))
+        vfs = Vfs(ns, Data(), datetime.now(UTC))  # type: ignore[arg-type]
+        inodes = await _walk(ns)
+        assert not vfs.forget([(inodes[-1], 1)])  # one file: nothing worth giving back
+        assert forgotten == [f"videos/{count - 1}"]
+        assert vfs.forget([(inode, 1) for inode in inodes[:-1]])  # thousands at once
+        assert len(forgotten) == count and vfs.table_sizes()["inodes"] == 1
+        give_back()  # returns what the allocator can (a no-op without glibc)
 
     trio.run(main)
