@@ -10,17 +10,20 @@ memory (see :func:`harness.cold`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import statistics
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import netns
 from harness import (
     BenchError,
@@ -36,19 +39,25 @@ from harness import (
     curl_read,
     dd_read,
     drop_caches,
+    drop_dentries,
     fake_server,
     fresh_dir,
+    generate_data,
     rclone_mount,
     read_timeout,
     timed,
     vm_hwm,
+    vm_rss,
 )
 from report import Row
 
 T = TypeVar("T")
 
-#: Latency the fake server adds before every response in ``ls_l_120`` and ``shaped``.
+#: Latency the fake server adds before every response in ``ls_l_120``, ``shaped`` and the
+#: scale figures.
 LATENCY_S = 0.02
+#: Items per page of the scale server (the issue's large account: 50 per page).
+SCALE_PER_PAGE = 50
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +141,36 @@ class BenchData:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ScaleData:
+    """What the ``scale`` profile holds: a large team's account (see ``cupixfs.fake.sample``)."""
+
+    captures: int
+    projects: int
+    levels: int
+    clusters: int
+    pointclouds: int
+    subs: int
+    video_capture: int
+    video_count: int
+
+    @classmethod
+    def from_model(cls, model: dict[str, Any]) -> ScaleData:
+        if model.get("profile") != "scale":
+            raise BenchError("the scale data set is not the scale profile")
+        busiest = max(model["captures"], key=lambda c: len(c["video_ids"]))
+        return cls(
+            captures=len(model["captures"]),
+            projects=len(model["facilities"]),
+            levels=len(model["levels"]),
+            clusters=len(model["clusters"]),
+            pointclouds=len(model["pointclouds"]),
+            subs=sum(1 for p in model["pointclouds"] if p["attributes"]["kind"] == "sub"),
+            video_capture=busiest["id"],
+            video_count=len(busiest["video_ids"]),
+        )
+
+
 @dataclass
 class Context:
     janitor: Janitor
@@ -142,6 +181,12 @@ class Context:
     memo: dict[str, tuple[bool, Any]] = field(default_factory=dict)
     #: Every sample behind a median, by measurement (written to results.json).
     samples: dict[str, list[float]] = field(default_factory=dict)
+    #: Where the ``scale`` profile lives (generated and served on first use).
+    scale_dir: Path | None = None
+    #: Mount the cupixfs of this checkout instead of the installed one (a baseline run).
+    src: Path | None = None
+    #: What the run started on the way (the scale server), closed at its end.
+    exits: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def say(self, message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
@@ -167,16 +212,48 @@ class Context:
         name: str,
         cache: Path | None = None,
         server: Server | None = None,
+        captures: tuple[int, ...] = (),
     ) -> Iterator[Mount]:
-        """A cupixfs mount under ``work/name``; a fresh cache directory unless ``cache``."""
+        """A cupixfs mount under ``work/name``; a fresh cache directory unless ``cache``.
+
+        A mount of another *server* pins *captures*; one of the bench server pins its own.
+        """
         base = self.work / name
         cache = cache or fresh_dir(base / "cache")
         log = base / "cupixfs.log"
         base.mkdir(parents=True, exist_ok=True)
         with cupixfs_mount(
-            self.janitor, server or self.server, base / "mnt", cache, log, self.data.captures
+            self.janitor,
+            server or self.server,
+            base / "mnt",
+            cache,
+            log,
+            self.data.captures if server is None else captures,
+            self.src,
         ) as mount:
             yield mount
+
+    def scale(self) -> tuple[Server, ScaleData]:
+        """The scale profile's own server (50 items per page), started on first use."""
+
+        def start() -> tuple[Server, ScaleData]:
+            if self.scale_dir is None:
+                raise BenchError("no --scale-data directory")
+            log = self.work / "scale-server.log"
+            self.say(f"scale data in {self.scale_dir} (generated on first use, ~100 MB)")
+            generate_data(self.scale_dir, self.work / "generate-scale.log", profile="scale")
+            server = self.exits.enter_context(
+                fake_server(
+                    self.janitor,
+                    self.scale_dir.resolve(),
+                    log,
+                    profile="scale",
+                    per_page=SCALE_PER_PAGE,
+                )
+            )
+            return server, ScaleData.from_model(server.dataset())
+
+        return self.once("scale_server", start)
 
     def median(self, samples: list[float]) -> float:
         return statistics.median(samples)
@@ -726,6 +803,250 @@ def _mib(values: list[int]) -> str:
     return ", ".join(f"{v / MiB:.1f} MiB" for v in values)
 
 
+# --------------------------------------------------------------------------------------------
+# The scale figures: a large team's account (the ``scale`` profile, 50 items per page)
+# --------------------------------------------------------------------------------------------
+
+
+def plain_pages(server: Server, path: str, params: dict[str, Any]) -> tuple[float, int, int]:
+    """A plain client: every page of one list call, one after another (seconds, items, pages)."""
+    start = time.perf_counter()
+    items = pages = 0
+    page: int | None = 1
+    with httpx.Client(headers={"X-CUPIX-AUTH": server.token}, timeout=60) as http:
+        while page is not None:
+            body = http.get(f"{server.api_url}/{path}", params={**params, "page": page})
+            body.raise_for_status()
+            result = body.json()["result"]
+            items += len(result["data"])
+            pages += 1
+            page = result["pagination"].get("next_page")
+    return time.perf_counter() - start, items, pages
+
+
+def _first_listing(
+    ctx: Context,
+    name: str,
+    command: list[str],
+    captures: tuple[int, ...] = (),
+) -> tuple[float, str, dict[str, Any]]:
+    """Wall time of *command*, whose last argument is a path in a fresh mount of the scale
+    server, at +20 ms per response: (seconds, its stdout, the server's counters)."""
+    server, _ = ctx.scale()
+    try:
+        with ctx.cupixfs(name, server=server, captures=captures) as mount:
+            args = [*command[:-1], str(mount.path / command[-1])]
+            server.set_faults(latency_s=LATENCY_S)
+            try:
+                server.reset_stats()
+                seconds, done = timed(args, 600)
+                stats = server.stats()
+            finally:
+                server.reset_faults()
+    finally:
+        _cleanup(ctx.work / name)
+    return seconds, done.stdout, stats
+
+
+def _listing_row(
+    ctx: Context,
+    figure: str,
+    command: list[str],
+    target_s: float,
+    expected: int,
+    count: Callable[[str], int],
+    plain: tuple[str, dict[str, Any]] | None = None,
+    captures: tuple[int, ...] = (),
+) -> Row:
+    """A first-listing figure: cupixfs's time; a plain sequential client's as the baseline
+    where one call makes the listing (ratio = plain ÷ cupixfs: how many times faster)."""
+    row = Row(
+        figure, "s", baseline_unit="s", baseline_label="plain client", target=f"≤ {target_s:g} s"
+    )
+    server, _ = ctx.scale()
+    samples = []
+    stats: dict[str, Any] = {}
+    for _ in range(ctx.repeat):
+        seconds, out, stats = _first_listing(ctx, figure, command, captures)
+        found = count(out)
+        if found != expected:
+            raise BenchError(f"{' '.join(command)} listed {found} entries, expected {expected}")
+        samples.append(seconds)
+    ctx.samples[f"{figure}_s"] = samples
+    row.value = ctx.median(samples)
+    row.passed = row.value <= target_s
+    if plain is not None:
+        server.set_faults(latency_s=LATENCY_S)
+        try:
+            plain_s, items, pages = plain_pages(server, *plain)
+        finally:
+            server.reset_faults()
+        row.baseline = plain_s
+        row.ratio = _ratio(plain_s, row.value)
+        row.notes.append(f"plain client: {pages} pages of {items} items one after another")
+    row.details = {k: stats.get(k) for k in ("api_requests", "blob_requests", "api_by_route")}
+    row.notes.append(
+        f"+20 ms per response, {SCALE_PER_PAGE} per page; {stats.get('api_requests')} API and"
+        f" {stats.get('blob_requests')} blob requests;"
+        f" samples {', '.join(f'{s:.2f}' for s in samples)} s"
+    )
+    return row
+
+
+def _lines(out: str) -> int:
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def ls_clusters(ctx: Context) -> Row:
+    _, data = ctx.scale()
+    return _listing_row(
+        ctx,
+        "ls_clusters",
+        ["ls", "clusters/"],
+        1.0,
+        data.clusters,
+        _lines,
+        plain=(
+            "pointclouds",
+            {"fields": "id,cluster,created_at,updated_at", "pointcloud_type": "all"},
+        ),
+    )
+
+
+def ls_l_500(ctx: Context) -> Row:
+    _, data = ctx.scale()
+    return _listing_row(
+        ctx,
+        "ls_l_500",
+        ["ls", "-l", f"captures/{data.video_capture}/videos"],
+        1.5,
+        data.video_count,
+        lambda out: sum(1 for line in out.splitlines() if line.startswith("-")),
+        captures=(data.video_capture,),
+    )
+
+
+def ls_captures(ctx: Context) -> Row:
+    _, data = ctx.scale()
+    return _listing_row(
+        ctx,
+        "ls_captures",
+        ["ls", "captures/"],
+        1.0,
+        data.captures,
+        _lines,
+        plain=(
+            "captures",
+            {"fields": "id,name,facility,level,record,captured_at,created_at,updated_at"},
+        ),
+    )
+
+
+def ls_r_projects(ctx: Context) -> Row:
+    _, data = ctx.scale()
+    # Every project and level directory, and one entry per capture (a symlink each).
+    expected = data.projects + data.levels + data.captures
+    return _listing_row(
+        ctx,
+        "ls_r_projects",
+        ["ls", "-R", "projects/"],
+        2.0,
+        expected,
+        lambda out: sum(1 for line in out.splitlines() if line.strip() and not line.endswith(":")),
+    )
+
+
+def _status(mount: Mount) -> dict[str, Any]:
+    try:
+        return dict(json.loads((mount.path / ".cupixfs" / "status").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+_TABLES = ("inodes", "listings", "listed_entries", "kernel_versions")
+
+
+@dataclass(frozen=True)
+class FindMemory:
+    entries: int
+    rss_mounted: int
+    rss_cached: int
+    rss_dropped: int
+    tables_cached: dict[str, Any]
+    tables_dropped: dict[str, Any]
+
+    @property
+    def per_entry(self) -> float:
+        return (self.rss_cached - self.rss_mounted) / self.entries
+
+
+def find_memory(ctx: Context) -> FindMemory:
+    """RSS of the mount before and after ``find clusters`` (every entry), and after the
+    kernel drops those dentries and inodes (``echo 2 > /proc/sys/vm/drop_caches``)."""
+
+    def measure() -> FindMemory:
+        server, data = ctx.scale()
+        name = "find_rss"
+        try:
+            with ctx.cupixfs(name, server=server) as mount:
+                os.listdir(mount.path)
+                time.sleep(0.5)
+                mounted = vm_rss(mount.pid)
+                seconds, done = timed(["find", str(mount.path / "clusters")], 1200)
+                entries = _lines(done.stdout) - 1  # find prints the start directory too
+                time.sleep(0.5)
+                cached, tables_cached = vm_rss(mount.pid), _status(mount)
+                drop_dentries()
+                time.sleep(3)  # the kernel's FORGETs arrive in batches
+                dropped, tables_dropped = vm_rss(mount.pid), _status(mount)
+        finally:
+            _cleanup(ctx.work / name)
+        expected = data.clusters + data.subs * 4
+        if entries < expected:
+            raise BenchError(f"find listed {entries} entries, expected at least {expected}")
+        ctx.say(
+            f"find of {entries} entries in {seconds:.1f} s: RSS {mounted / MiB:.0f} ->"
+            f" {cached / MiB:.0f} MiB, after the drop {dropped / MiB:.0f} MiB"
+        )
+        pick = lambda t: {k: t.get(k) for k in _TABLES if k in t}  # noqa: E731
+        return FindMemory(
+            entries, mounted, cached, dropped, pick(tables_cached), pick(tables_dropped)
+        )
+
+    return ctx.once("find_memory", measure)
+
+
+def find_rss_cached(ctx: Context) -> Row:
+    m = find_memory(ctx)
+    row = Row("find_rss_cached", "KiB/entry", target="≤ 1 KiB per entry")
+    row.value = m.per_entry / 1024
+    row.passed = row.value <= 1.0
+    row.details = {
+        "entries": m.entries,
+        "rss_mounted": m.rss_mounted,
+        "rss_cached": m.rss_cached,
+        "tables": m.tables_cached,
+    }
+    row.notes.append(
+        f"RSS {m.rss_mounted / MiB:.1f} MiB mounted, {m.rss_cached / MiB:.1f} MiB after find of"
+        f" {m.entries} entries; tables {m.tables_cached}"
+    )
+    return row
+
+
+def find_rss_dropped(ctx: Context) -> Row:
+    m = find_memory(ctx)
+    row = Row("find_rss_dropped", "MiB", target="≤ 80 MiB")
+    row.value = m.rss_dropped / MiB
+    row.passed = row.value <= 80
+    row.details = {"entries": m.entries, "rss_dropped": m.rss_dropped, "tables": m.tables_dropped}
+    row.notes.append(
+        "RSS after the kernel dropped those inodes (echo 2 > drop_caches);"
+        f" tables {m.tables_dropped}"
+    )
+    return row
+
+
 #: Every figure, in table order.
 FIGURES: dict[str, Callable[[Context], Row]] = {
     "cold_seq": cold_seq,
@@ -740,6 +1061,12 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "ls_l_120": ls_l_120,
     "rss_2g": rss_2g,
     "cp_r": cp_r,
+    "ls_clusters": ls_clusters,
+    "ls_l_500": ls_l_500,
+    "find_rss_cached": find_rss_cached,
+    "find_rss_dropped": find_rss_dropped,
+    "ls_captures": ls_captures,
+    "ls_r_projects": ls_r_projects,
 }
 
 #: Figures ``--quick`` leaves out.

@@ -274,16 +274,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size of a process, in bytes (``VmHWM``)."""
+def _vm(pid: int, field: str) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError as exc:
         raise BenchError(f"cannot read /proc/{pid}/status: {exc.strerror}") from None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     if not match:
-        raise BenchError(f"no VmHWM in /proc/{pid}/status")
+        raise BenchError(f"no {field} in /proc/{pid}/status")
     return int(match[1]) * 1024
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of a process, in bytes (``VmHWM``)."""
+    return _vm(pid, "VmHWM")
+
+
+def vm_rss(pid: int) -> int:
+    """Resident set size of a process now, in bytes (``VmRSS``)."""
+    return _vm(pid, "VmRSS")
+
+
+def drop_dentries() -> None:
+    """Make the kernel drop its unused dentries and inodes (a FUSE mount gets FORGETs)."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    except OSError as exc:
+        raise BenchError(f"cannot drop dentries and inodes ({exc.strerror}); run as root") from None
 
 
 def fresh_dir(path: Path) -> Path:
@@ -356,8 +373,8 @@ class Server:
         return self.data_dir / "blobs" / blob_id
 
 
-def generate_data(data_dir: Path, log: Path) -> None:
-    """Write the ``bench`` profile into ``data_dir`` unless it is already there (~3 GiB)."""
+def generate_data(data_dir: Path, log: Path, profile: str = "bench") -> None:
+    """Write a profile (``bench``: ~3 GiB) into ``data_dir`` unless it is already there."""
     with open(log, "ab") as log_file:
         try:
             subprocess.run(
@@ -369,7 +386,7 @@ def generate_data(data_dir: Path, log: Path) -> None:
                     "--data",
                     str(data_dir),
                     "--profile",
-                    "bench",
+                    profile,
                 ],
                 stdout=log_file,
                 stderr=log_file,
@@ -377,9 +394,9 @@ def generate_data(data_dir: Path, log: Path) -> None:
                 check=True,
             )
         except subprocess.TimeoutExpired:
-            raise BenchError("generating the bench data took over 30 minutes") from None
+            raise BenchError(f"generating the {profile} data took over 30 minutes") from None
         except subprocess.CalledProcessError as exc:
-            raise BenchError(f"generating the bench data failed ({exc}); see {log}") from None
+            raise BenchError(f"generating the {profile} data failed ({exc}); see {log}") from None
 
 
 @contextlib.contextmanager
@@ -390,8 +407,10 @@ def fake_server(
     *,
     host: str = "127.0.0.1",
     netns: str | None = None,
+    profile: str = "bench",
+    per_page: int = 30,
 ) -> Iterator[Server]:
-    """Serve the (already generated) bench data; inside ``netns`` when given."""
+    """Serve (already generated) data of *profile*; inside ``netns`` when given."""
     args = [
         sys.executable,
         "-m",
@@ -400,11 +419,13 @@ def fake_server(
         "--data",
         str(data_dir),
         "--profile",
-        "bench",
+        profile,
         "--host",
         host,
         "--token",
         TOKEN,
+        "--per-page",
+        str(per_page),
     ]
     if netns is not None:
         args = ["ip", "netns", "exec", netns, *args]
@@ -497,6 +518,14 @@ def _mounted(
         _unmount(mount)
 
 
+#: Runs ``cupixfs`` from the checkout given as its first argument (``--cupixfs-src``),
+#: ahead of the installed one, so a baseline is measured by the very same harness.
+_FROM_SOURCE = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('cupixfs', run_name='__main__', alter_sys=True)"
+)
+
+
 def cupixfs_mount(
     janitor: Janitor,
     server: Server,
@@ -504,12 +533,16 @@ def cupixfs_mount(
     cache_dir: Path,
     log: Path,
     captures: Sequence[int],
+    src: Path | None = None,
 ) -> contextlib.AbstractContextManager[Mount]:
-    """``cupixfs mount --foreground``; the mount process is the one whose RSS we read."""
+    """``cupixfs mount --foreground``; the mount process is the one whose RSS we read.
+
+    *src* runs the cupixfs of another checkout (its ``cupixfs/`` folder's parent).
+    """
+    command = ["-m", "cupixfs"] if src is None else ["-c", _FROM_SOURCE, str(src.resolve())]
     args = [
         sys.executable,
-        "-m",
-        "cupixfs",
+        *command,
         "mount",
         str(mountpoint),
         "--api-url",

@@ -60,6 +60,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
     if unit == "MiB":
         return f"{value:.2f} MiB" if value < 10 else f"{value:.1f} MiB"
+    if unit == "KiB/entry":
+        return f"{value:.2f} KiB/entry"
     return f"{value:g} {unit}".strip()
 
 

@@ -48,6 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", type=Path, default=OUT / "data", help="bench data set (generated if missing)"
     )
+    parser.add_argument(
+        "--scale-data",
+        type=Path,
+        default=OUT / "scale-data",
+        help="the scale figures' data set (generated if missing, ~100 MB)",
+    )
+    parser.add_argument(
+        "--cupixfs-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="mount the cupixfs of this checkout (the folder holding cupixfs/), e.g. a "
+        "baseline: git archive REV cupixfs | tar -x -C DIR",
+    )
     return parser
 
 
@@ -78,6 +92,7 @@ def _meta(args: argparse.Namespace, started: datetime, seconds: float) -> dict[s
         "rclone": _first_line(["rclone", "version"]),
         "curl": " ".join(_first_line(["curl", "--version"]).split()[:2]),
         "options": f"repeat={args.repeat} quick={args.quick} only={args.only or 'all'}",
+        "mounted cupixfs": str(args.cupixfs_src or "this checkout"),
     }
 
 
@@ -135,12 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         generate_data(args.data, work / "generate.log")
         with fake_server(janitor, args.data.resolve(), work / "server.log") as server:
             data = BenchData.from_model(server.dataset())
-            ctx = Context(janitor, server, data, work, repeat=args.repeat, samples=samples)
-            for name in names:
-                if args.quick and name in SLOW:
-                    rows.append(Row(name, skipped="--quick"))
-                    continue
-                rows.append(run_figure(ctx, name))
+            ctx = Context(
+                janitor,
+                server,
+                data,
+                work,
+                repeat=args.repeat,
+                samples=samples,
+                scale_dir=args.scale_data,
+                src=args.cupixfs_src,
+            )
+            with ctx.exits:
+                for name in names:
+                    if args.quick and name in SLOW:
+                        rows.append(Row(name, skipped="--quick"))
+                        continue
+                    rows.append(run_figure(ctx, name))
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

@@ -43,12 +43,15 @@ def fake_session(test_data: Path) -> Iterator[FakeServer]:
 
 @pytest.fixture
 def fake(fake_session: FakeServer) -> Iterator[FakeServer]:
-    """The session's fake server, with faults, tokens and counters reset for each test."""
+    """The session's fake server, with faults, API switches, tokens and counters reset for
+    each test."""
     fake_session.faults.reset()
+    fake_session.api.reset()
     fake_session.set_tokens([TOKEN])
     fake_session.stats.reset()
     yield fake_session
     fake_session.faults.reset()
+    fake_session.api.reset()
     fake_session.set_tokens([TOKEN])
 
 

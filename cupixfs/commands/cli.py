@@ -243,18 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from cupixfs.config.token import find_token
+    from cupixfs.api.regions import token_page
+    from cupixfs.config.token import NO_TOKEN, TokenError, find_token
     from cupixfs.mount import lifecycle
 
     command_line = said(args, MOUNT)
     name, profile = profile_of(command_line)
     values = layer(command_line, profile)
-    token, source = find_token(
-        command_line.get("token_file"),
-        profile.get("token_file"),
-        name,
-        required=not value_of(values, "offline"),
-    )
+    try:
+        token, source = find_token(
+            command_line.get("token_file"),
+            profile.get("token_file"),
+            name,
+            required=not value_of(values, "offline"),
+        )
+    except TokenError as exc:
+        if str(exc) != NO_TOKEN:
+            raise
+        page = token_page(value_of(values, "region"))
+        raise TokenError(f"{exc}; create a token at {page}") from None
     return lifecycle.run(resolve(args.mountpoint, token, values, source))
 
 
@@ -290,7 +297,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = resolve(mountpoint, "demo-token", values)
         print(
             f"cupixfs demo: fake Cupix API at {server.api_url}\n"
-            f"cupixfs demo: mounted at {mountpoint}  (try: ls -lR {mountpoint})\n"
+            f"cupixfs demo: mounted at {mountpoint}\n"
+            f"cupixfs demo: try: ls -lR '{mountpoint}/projects'; ls -l '{mountpoint}/captures'\n"
             "cupixfs demo: press Ctrl-C to unmount and stop",
             file=sys.stderr,
         )
@@ -298,10 +306,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    from cupixfs.api.regions import token_page
     from cupixfs.config.token import keyring_module, keyring_set, prompt_token
 
-    name, _profile = profile_of(said(args, LOGIN))
+    command_line = said(args, LOGIN)
+    name, profile = profile_of(command_line)
+    region = value_of(layer(command_line, profile), "region")
     keyring_module()  # say "no keyring" before asking for a token, not after
+    if sys.stdin.isatty():
+        print(f"cupixfs: create a token at {token_page(region)}", file=sys.stderr)
     keyring_set(name, prompt_token())
     print(f"cupixfs: token stored in the OS keyring for profile {name!r}", file=sys.stderr)
     return 0

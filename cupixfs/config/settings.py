@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cupixfs.api.client import DEFAULT_API_URL
+from cupixfs.api.regions import DEFAULT_REGION, REGIONS, api_url, parse_region
 
 if TYPE_CHECKING:  # token.py builds on this module
     from cupixfs.config.token import TokenSource
@@ -162,6 +162,10 @@ def _toml_ids(value: Any, base: Path) -> list[int]:
     return [_toml_count(item, base) for item in value]
 
 
+def _toml_region(value: Any, _base: Path) -> str:
+    return parse_region(_toml_text(value, _base))
+
+
 def _toml_bool(value: Any, _base: Path) -> bool:
     if isinstance(value, bool):
         return value
@@ -182,6 +186,14 @@ SECONDS = Kind(
 )
 COUNT = Kind("count", parse_positive_int, _toml_count, "a positive integer", "7", "7")
 IDS = Kind("ids", parse_ids, _toml_ids, "a list of ids, such as [132435, 132436]", "1:2", "[1, 2]")
+REGION = Kind(
+    "region",
+    parse_region,
+    _toml_region,
+    "one of " + ", ".join(f'"{r}"' for r in REGIONS),
+    "eu",
+    '"eu"',
+)
 #: A switch: said without a value on the command line and in ``-o``; true/false in a profile.
 FLAG = Kind("flag", lambda _t: True, _toml_bool, "true or false", "", "true")
 
@@ -236,7 +248,23 @@ class Setting:
 _MOUNTS = frozenset({MOUNT, DEMO})
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api_url", URL, "the API base URL", DEFAULT_API_URL, metavar="URL"),
+    Setting(
+        "region",
+        REGION,
+        f"the Cupix region whose API to use: {', '.join(REGIONS)} (default {DEFAULT_REGION}); "
+        "also names the page where its tokens are made",
+        DEFAULT_REGION,
+        commands=frozenset({MOUNT, LOGIN}),
+        metavar="REGION",
+    ),
+    Setting(
+        "api_url",
+        URL,
+        f"the API base URL (default: the region's, {api_url(DEFAULT_REGION)} for "
+        f"{DEFAULT_REGION}); wins over --region",
+        api_url(DEFAULT_REGION),
+        metavar="URL",
+    ),
     Setting(
         "token_file",
         PATH,
@@ -404,6 +432,8 @@ class MountConfig:
 
     mountpoint: Path
     token: str = field(repr=False)
+    #: Picks the API host (unless *api_url* is said) and the page named in token errors.
+    region: str
     api_url: str
     captures: list[int]
     records: list[int]
@@ -435,6 +465,10 @@ class MountConfig:
 def resolve(
     mountpoint: Path, token: str, values: Values, token_source: TokenSource | None = None
 ) -> MountConfig:
-    """The `MountConfig` for *values* (already layered), with the table's defaults for the rest."""
+    """The `MountConfig` for *values* (already layered), with the table's defaults for the rest.
+
+    The API URL is the region's unless one is said (``--api-url`` wins over ``--region``).
+    """
     said = {s.name: value_of(values, s.name) for s in SETTINGS if s.mount_config}
+    said["api_url"] = values.get("api_url") or api_url(said["region"])
     return MountConfig(mountpoint=mountpoint, token=token, token_source=token_source, **said)

@@ -261,7 +261,12 @@ class RangeFetcher:
         return Fetched(split_chunks(body.chunks, piece), got_etag, total)
 
     def check(
-        self, remote: RemoteFile, response: httpx.Response, first: int, end: int, etag: str | None
+        self,
+        remote: RemoteFile,
+        response: httpx.Response,
+        first: int,
+        end: int,
+        etag: str | None,
     ) -> tuple[str | None, int | None]:
         """Refuse a response that is not exactly ``[first, end)`` of version *etag*;
         return the ETag and total size it states."""

@@ -24,7 +24,7 @@ import trio
 
 from cupixfs.core.errors import NotFound, RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat
+from cupixfs.data.fetch import RangeFetcher, RemoteStat
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
@@ -118,6 +118,8 @@ class DataStore:
         self._sink = Sink(blocks)
         self._corrected: set[str] = set()
         self.on_change = on_change
+        #: Called when a stated size turns out too small (the kernel must ask again).
+        self.on_resize: Callable[[FileSource], None] | None = None
         #: Where streams and disk writes run (set by `start`); None: no read-ahead.
         self.background: trio.Nursery | None = None
         self.streams_started = 0
@@ -232,42 +234,35 @@ class DataStore:
                     old.size,
                     stat.size,
                 )
-            if self.on_change is not None:
-                self.on_change(source)  # the kernel's view of the size is wrong
+            # The kernel shows the stated size: it must ask again. This happens before any
+            # read of the file (at its first open, or at a stat before it), never while
+            # a read is in flight: a read answered short of a size the kernel has just
+            # been told to forget would be filled up to it with zeros.
+            if self.on_resize is not None:
+                self.on_resize(source)
         elif not old.stated and old.etag != stat.etag:
             self._changed(source, old)
 
-    async def _confirm(
-        self, source: RemoteFile, stated: RemoteStat, offset: int, end: int
-    ) -> BodyStream:
-        """Learn a stated file's ETag and true size from the GET that starts reading it.
+    async def _confirm(self, source: RemoteFile) -> RemoteStat:
+        """A stated size checked against storage before the file is first read (at open).
 
-        Returns that GET, open on the blocks of ``[offset, end)`` (on the whole file when
-        it is read from its start and small), for the read (and its stream) to go on
-        with: the first request of a file is never a separate probe.
+        One probe: the ETag, the true size from its ``Content-Range``, and the file's
+        first bytes. Checked at open rather than at the first read because a reader may
+        begin anywhere (unzip reads a zip's end first, at the size it was shown): it
+        must be shown the true size before it reads, as on a local disk.
         """
         lock = self._locks.setdefault(source.key, trio.Lock())
         async with lock:
-            bs = self._blocks.block_size
-            start = offset // bs * bs
-            whole = offset == 0 and stated.size <= WHOLE_FILE
-            stop = stated.size if whole else min(stated.size, -(-end // bs) * bs)
-            body = BodyStream(self._fetcher, source, start, stop, None)
-            try:
-                await body.open()
-            except BaseException:
-                body.close()
-                raise
-            size = body.total if body.total is not None else stated.size
-            stat = RemoteStat(size, body.etag, b"")
             current = self._stats.get(source.key)
-            if current is None or current[0].stated:
-                await self._learnt(source, stat, stated)
-                self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
-            if size != stated.size:
-                body.close()
-                body.end = min(body.end, size)
-            return body
+            if current is not None and not current[0].stated:
+                return current[0]  # confirmed meanwhile
+            stated = current[0] if current is not None else None
+            stat = await self._fetcher.probe(source, HEAD_SIZE)
+            await self._learnt(source, stat, stated)
+            if 0 < stat.size <= len(stat.head):
+                await self._blocks.put(_version(source, stat), 0, stat.head)
+            self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
+            return stat
 
     def _changed(self, source: RemoteFile, old: RemoteStat) -> None:
         log.info("%s changed remotely (new version); dropping its cached blocks", source.key)
@@ -305,7 +300,10 @@ class DataStore:
         if isinstance(source, StaticFile) and source.live:
             handle.snapshot = await source.load()
         elif isinstance(source, RemoteFile):
-            handle.version = _version(source, await self._remote_stat(source))
+            stat = await self._remote_stat(source)
+            if stat.stated:
+                stat = await self._confirm(source)
+            handle.version = _version(source, stat)
             handle.shown = cached_version is not None and same_version(
                 cached_version, handle.version
             )
@@ -329,15 +327,11 @@ class DataStore:
             return (await self._load_static(source))[offset : offset + size]
         for _ in range(MAX_VERSION_RESTARTS):
             stat = await self._remote_stat(source)
-            body = None
-            if stat.stated and offset < stat.size:
-                body = await self._confirm(source, stat, offset, offset + size)
-                stat = await self._remote_stat(source)
+            if stat.stated:  # its sizes were dropped (a reload) since the open
+                stat = await self._confirm(source)
             version = _version(source, stat)
             if handle.version != version:
                 if handle.shown and not same_version(handle.version, version):
-                    if body is not None:
-                        body.close()
                     raise RemoteChanged(
                         f"{source.key} changed remotely while open; reopen it to read the "
                         "new version"
@@ -345,7 +339,7 @@ class DataStore:
                 handle.version = version  # nothing shown yet (or only its size was new)
                 self.release(handle)
             try:
-                data = await self._read_remote(handle, source, stat, offset, size, body)
+                data = await self._read_remote(handle, source, stat, offset, size)
             except RemoteChanged as exc:
                 log.info("%s; dropping the old version", exc)
                 self._stats.pop(source.key, None)
@@ -365,12 +359,9 @@ class DataStore:
         stat: RemoteStat,
         offset: int,
         size: int,
-        body: BodyStream | None,
     ) -> Buffer:
         end = min(offset + size, stat.size)
         if offset >= end:
-            if body is not None:
-                body.close()
             return b""
         bs = self._blocks.block_size
         version = _version(source, stat)
@@ -382,16 +373,12 @@ class DataStore:
         stream = handle.stream
         if window and self.background is not None:
             if stream is not None and stream.version == version and not stream.stopped:
-                if body is not None:
-                    body.close()
                 stream.advance(end, window)
             else:
                 self.release(handle)
-                self._start_stream(handle, source, stat, version, offset, end, window, body)
+                self._start_stream(handle, source, stat, version, offset, end, window)
         else:
             self.release(handle)
-            if body is not None:  # what this read needs is on its way: keep it
-                await self._drain(body, version)
         if end <= len(stat.head):
             return stat.head[offset:end]
 
@@ -407,26 +394,6 @@ class DataStore:
             return memoryview(blocks[0])[skip : skip + (end - offset)]
         return b"".join(blocks)[skip : skip + (end - offset)]
 
-    async def _drain(self, body: BodyStream, version: str) -> None:
-        """Read *body* (block-aligned) to its end into the block cache (in a thread)."""
-        bs = self._blocks.block_size
-        start, end = body.position, body.end
-
-        def read_all() -> list[bytes]:
-            try:
-                return [body.read_exactly(min(bs, end - at)) for at in range(start, end, bs)]
-            finally:
-                body.close()
-
-        pieces = await trio.to_thread.run_sync(read_all)
-        self._fetcher.stats.bytes += end - start
-        fetched = list(enumerate(pieces, start=start // bs))
-        for index, data in fetched:
-            if self._blocks.claim(version, index):
-                self._blocks.fill(version, index, data)
-        self._blocks.stats.fetched += len(fetched)
-        await self._blocks.store(version, fetched)
-
     def _start_stream(
         self,
         handle: OpenFile,
@@ -436,7 +403,6 @@ class DataStore:
         offset: int,
         end: int,
         window: int,
-        body: BodyStream | None,
     ) -> None:
         """Give the handle a sequential stream from *offset*'s block on; its first blocks
         are claimed before this returns, so the read that started it waits for them."""
@@ -452,7 +418,6 @@ class DataStore:
             stat.etag,
             offset,
             handle.push,
-            body,
         )
         handle.stream = stream
         self.streams_started += 1

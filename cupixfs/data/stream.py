@@ -35,8 +35,8 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -130,7 +130,6 @@ class SequentialStream:
         etag: str | None,
         start: int,
         push: Push | None,
-        body: BodyStream | None = None,
     ) -> None:
         self._blocks = blocks
         self._fetcher = fetcher
@@ -153,7 +152,6 @@ class SequentialStream:
         self._claimed: set[int] = set()
         self._moved = trio.Event()
         self._scope = trio.CancelScope()
-        self._body = body  # a first GET already opened by the owner (it learnt the stat)
         self._request_blocks = 0
         self.requests = 0
         #: The network thread waits on this for the reader to move on (or for `close`).
@@ -243,8 +241,6 @@ class SequentialStream:
                 for index in list(self._claimed):
                     self._blocks.abandon(self.version, index)
                     self._release(index)
-                if self._body is not None:
-                    self._body.close()
 
     async def _fill(self) -> None:
         blocks, version = self._blocks, self.version
@@ -332,22 +328,18 @@ class SequentialStream:
         # Each request asks for at least the window and twice the last one: few requests
         # for a long read, and little fetched in vain for a reader that soon stops.
         size = max(-(-self.window // bs), 2 * self._request_blocks, 1)
-        body, self._body = self._body, None
-        if body is not None and body.position != first * bs:
-            body.close()
-            body = None
-        last = -(-body.end // bs) if body is not None else self._count
         end = first
-        while end < min(last, first + size) and not (end > first and blocks.on_disk(version, end)):
+        while end < min(self._count, first + size) and not (
+            end > first and blocks.on_disk(version, end)
+        ):
             if end not in self._claimed and blocks.is_known(version, end):
                 break
             end += 1
         self._request_blocks = end - first
-        if body is None:
-            body = BodyStream(
-                self._fetcher, self._source, first * bs, min(end * bs, self._size), self._etag
-            )
-            await body.open()
+        body = BodyStream(
+            self._fetcher, self._source, first * bs, min(end * bs, self._size), self._etag
+        )
+        await body.open()
         self.requests += 1
         async with self._fetcher.streams:
             self._receiving = body

@@ -2,9 +2,11 @@
 
 Tests that run the filesystem in a subprocess cannot reach into the server's objects, so every
 knob a test turns is also an HTTP call: read/reset stats, set fault knobs, replace a blob's
-content (a file changed on the remote), read the model with sizes and sha256 to compare bytes
-read through the mount, and set the valid tokens (revocation). Admin requests are exempt from
-faults and from the stats, so turning a fault off always works and polling never skews counts.
+content (a file changed on the remote), move a capture to another level, refuse routes or
+answer unknown ids with empty lists (``/_fake/api``), read the model with sizes and sha256 to
+compare bytes read through the mount, and set the valid tokens (revocation). Admin requests
+are exempt from faults and from the stats, so turning a fault off always works and polling
+never skews counts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["Admin"]
 
 _REPLACE = re.compile(r"^/_fake/blobs/(?P<blob_id>[^/]+)/replace$")
+_MOVE = re.compile(r"^/_fake/captures/(?P<capture_id>[0-9]+)/move$")
 
 
 class Admin:
@@ -69,6 +72,26 @@ class Admin:
                 raise ValueError('expected {"valid": [token, ...]}')
             server.set_tokens(valid)
             return json_response(200, {"valid": sorted(server.tokens)})
+        if (method, path) == ("GET", "/_fake/api"):
+            return json_response(200, server.api.behaviour())
+        if (method, path) == ("POST", "/_fake/api"):
+            unknown = set(payload) - {"refuse", "unknown_ids"}
+            if unknown:
+                raise ValueError(f"unknown key(s): {', '.join(sorted(unknown))}")
+            return json_response(200, server.api.configure(**payload))
+        if (method, path) == ("POST", "/_fake/api/reset"):
+            server.api.reset()
+            return json_response(200, server.api.behaviour())
+        move = _MOVE.match(path)
+        if move and method == "POST":
+            level = payload.get("level_id")
+            if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+                raise ValueError("level_id must be an integer or null")
+            try:
+                capture = server.dataset.move_capture(int(move["capture_id"]), level)
+            except KeyError:
+                return json_error(404, f"no capture {move['capture_id']} or no level {level}")
+            return json_response(200, capture)
         match = _REPLACE.match(path)
         if match and method == "POST":
             size = payload.get("size")

@@ -62,6 +62,10 @@ class Dataset:
             raise ValueError(f"{path} has format {self.model.get('format')}, need {FORMAT_VERSION}")
         self._lock = threading.Lock()
         self.captures = {c["id"]: c for c in self.model["captures"]}
+        # Data sets written before projects existed have none (and still load).
+        self.facilities = {f["id"]: f for f in self.model.get("facilities", [])}
+        self.facility_keys = {f["key"]: f for f in self.facilities.values()}
+        self.levels = {level["id"]: level for level in self.model.get("levels", [])}
         self.clusters = {c["id"]: c for c in self.model["clusters"]}
         self.records = {r["id"]: r for r in self.model["records"]}
         self.videos = {v["id"]: v for v in self.model["videos"]}
@@ -81,6 +85,27 @@ class Dataset:
 
     def videos_of_capture(self, capture_id: int) -> list[dict[str, Any]]:
         return [self.videos[v] for v in self.captures[capture_id]["video_ids"]]
+
+    def levels_of(self, facility_id: int) -> list[dict[str, Any]]:
+        return [lv for lv in self.model.get("levels", []) if lv["facility_id"] == facility_id]
+
+    def move_capture(self, capture_id: int, level_id: int | None) -> dict[str, Any]:
+        """Place a capture in another level (of any project), or directly under its project
+        (``level_id`` None): what a user does when they re-file an area in the web app.
+
+        Raises ``KeyError`` for an unknown capture or level.
+        """
+        with self._lock:
+            old = self.captures[capture_id]
+            # A new dict, swapped in whole: a request being answered sees one placement.
+            capture = dict(old, level_id=level_id, updated_at=iso_timestamp(datetime.now(UTC)))
+            if level_id is not None:
+                capture["facility_id"] = self.levels[level_id]["facility_id"]
+            captures = self.model["captures"]
+            captures[captures.index(old)] = capture
+            self.captures[capture_id] = capture
+            write_model(self.dir, self.model)
+            return dict(capture)
 
     def _meta(self, f: dict[str, Any]) -> BlobMeta:
         token = f"{self.model['spec_hash']}:{f['blob_id']}:{f['generation']}"

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, BinaryIO, Protocol
 from xml.sax.saxutils import escape
 
-__all__ = ["FileBody", "Headers", "Response", "json_error", "json_response", "s3_error"]
+__all__ = [
+    "FileBody",
+    "Headers",
+    "Response",
+    "api_error",
+    "json_error",
+    "json_response",
+    "s3_error",
+]
 
 
 class Headers(Protocol):
@@ -56,8 +65,23 @@ def json_response(
 
 
 def json_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    """The API's ErrorResponse shape: ``{"error": message}``."""
+    """An admin route's error: ``{"error": message}``."""
     return json_response(status, {"error": message}, headers)
+
+
+def api_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """The API's ``ErrorResponse``: ``{"result": {"code", "type", "reason", "message"}}``."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    result = {
+        "code": status,
+        "type": reason.lower().replace(" ", "_"),
+        "reason": reason,
+        "message": message,
+    }
+    return json_response(status, {"result": result, "session": None}, headers)
 
 
 def s3_error(

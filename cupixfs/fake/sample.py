@@ -22,6 +22,7 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "CaptureSpec",
     "ClusterSpec",
     "MeshSpec",
+    "ProjectSpec",
     "RecordSpec",
     "SampleSpec",
     "SubSpec",
@@ -75,6 +77,12 @@ IDENTITY: Matrix = (1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1)
 # --------------------------------------------------------------------------------------------
 
 
+def _later(default: Any) -> Any:
+    """A spec field added after format 1: hashed only when set, so data sets generated
+    before it existed keep their hash (and are not regenerated for nothing)."""
+    return field(default=default, metadata={"hash_if_set": True})
+
+
 @dataclass(frozen=True)
 class CaptureSpec:
     """One capture and its videos.
@@ -82,12 +90,26 @@ class CaptureSpec:
     ``video_names`` overrides the realistic generated names (used for hostile names); it must
     then have one entry per size. ``record`` names the :class:`RecordSpec` the capture belongs
     to (a Cupix record is a site visit; its 3d_reconstructed pointclouds carry it).
+    ``project`` and ``level`` name the :class:`ProjectSpec` and one of its levels the capture
+    is placed in (either may be None: a capture outside any project, or directly under it).
+    ``captured_at`` is a ``YYYY-MM-DD`` date; by default the capture's creation time.
     """
 
     name: str
     video_sizes: tuple[int, ...] = ()
     video_names: tuple[str, ...] | None = None
     record: str | None = None
+    project: str | None = _later(None)
+    level: str | None = _later(None)
+    captured_at: str | None = _later(None)
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """A project (a "facility" on the server) and the names of its levels, in order."""
+
+    name: str
+    levels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,11 +129,17 @@ class MeshSpec:
     hostile: bool = False
 
 
+#: How the API states a sub's file sizes (its ``filesize``, its resources' ``size``):
+#: right, or wrong or absent in each way a client must survive.
+STATED_SIZES = ("true", "wrong", "short", "missing", "null", "zero", "negative", "text", "fraction")
+
+
 @dataclass(frozen=True)
 class SubSpec:
     """A sub pointcloud: its cpc size and which derived resources (mesh, ply) exist.
 
     ``ply_layout`` names one of `PLY_LAYOUTS` (byte order, types and order of properties).
+    ``stated_size`` is how the API states the sizes of its files (see `STATED_SIZES`).
     """
 
     cpc_size: int
@@ -119,6 +147,7 @@ class SubSpec:
     ply_vertices: int | None = None
     tm: Matrix | None = None
     ply_layout: str = "plain"
+    stated_size: str = _later("true")
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,7 @@ class SampleSpec:
     clusters: tuple[ClusterSpec, ...] = ()
     records: tuple[RecordSpec, ...] = ()
     compute_sha256: bool = True
+    projects: tuple[ProjectSpec, ...] = _later(())
 
     def total_bytes(self) -> int:
         """Approximate bytes the dataset occupies (used to warn before a big generation)."""
@@ -167,9 +197,22 @@ class SampleSpec:
         return total
 
 
+def _hashed(value: Any) -> Any:
+    """``dataclasses.asdict``, leaving out the later fields still at their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _hashed(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get("hash_if_set") and getattr(value, f.name) == f.default)
+        }
+    if isinstance(value, tuple | list):
+        return [_hashed(v) for v in value]
+    return value
+
+
 def spec_hash(spec: SampleSpec, seed: int) -> str:
     """A stable digest of spec + seed + format version: equal hashes mean identical content."""
-    payload = {"format": FORMAT_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}
+    payload = {"format": FORMAT_VERSION, "seed": seed, "spec": _hashed(spec)}
     raw = json.dumps(payload, sort_keys=True, ensure_ascii=True).encode()
     return hashlib.sha256(raw).hexdigest()
 
@@ -191,13 +234,38 @@ def _rot_z(degrees: float, tx: float = 0.0, ty: float = 0.0, tz: float = 0.0) ->
 
 def _demo() -> SampleSpec:
     record = "Site visit 2023-11-17"
+    tower, depot = "Riverside Tower", "North Depot / Phase 2"
     return SampleSpec(
         name="demo",
+        projects=(
+            ProjectSpec(tower, ("Level 1", "Level 2", "Roof")),
+            ProjectSpec(depot, ("Ground floor",)),
+        ),
         captures=(
             CaptureSpec(
-                "Level 1 walk", (4 * MiB + 13, 6 * MiB + 1_001, 8 * MiB - 77), record=record
+                "Level 1 walk",
+                (4 * MiB + 13, 6 * MiB + 1_001, 8 * MiB - 77),
+                record=record,
+                project=tower,
+                level="Level 1",
+                captured_at="2023-11-17",
             ),
-            CaptureSpec("Level 2 walk", (5 * MiB + 7, 7 * MiB + 333, 4 * MiB + 999), record=record),
+            CaptureSpec(
+                "Level 2 walk",
+                (5 * MiB + 7, 7 * MiB + 333, 4 * MiB + 999),
+                record=record,
+                project=tower,
+                level="Level 2",
+                captured_at="2023-11-17",
+            ),
+            CaptureSpec("Site overview", (4 * MiB + 21,), project=tower, captured_at="2023-11-20"),
+            CaptureSpec(
+                "Loading bay",
+                (5 * MiB + 3,),
+                project=depot,
+                level="Ground floor",
+                captured_at="2023-12-04",
+            ),
         ),
         clusters=(
             ClusterSpec(
@@ -249,17 +317,45 @@ HOSTILE_NAMES: tuple[str, ...] = (
 )
 
 
+#: Projects of the test profile: a hostile name, two projects of the same name, a project
+#: with two levels of the same name, and one with no levels at all.
+TEST_PROJECTS = (
+    ProjectSpec("Tower A / Phase 2", ("Level 1", "Level 2", "Basement")),
+    ProjectSpec("Depot", ("Ground", "Ground", "../..")),
+    ProjectSpec("Depot", ("Yard",)),
+    ProjectSpec("Bare site", ("2024-01-02 Same as a level",)),
+    ProjectSpec("No levels, no captures"),
+)
+
+
 def _test() -> SampleSpec:
     record = "Site visit 1"
     main_sizes = (*(10_007 + 1_000 * i for i in range(15)), 1_000_003, 3_000_017)
     hostile_sizes = (5_003, 7_001, 3_001, 1_009, 2_003, 4_001, 6_007, 6_007, 1_013, 2_011, 1, 0)
+    tower, depot, bare = "Tower A / Phase 2", "Depot", "Bare site"
     return SampleSpec(
         name="test",
+        projects=TEST_PROJECTS,
         captures=(
-            CaptureSpec("main", main_sizes, record=record),
-            CaptureSpec("single", (262_147,), record=record),
-            CaptureSpec("empty", ()),
-            CaptureSpec("hostile", hostile_sizes, HOSTILE_NAMES),
+            CaptureSpec(
+                "main",
+                main_sizes,
+                record=record,
+                project=tower,
+                level="Level 1",
+                captured_at="2023-11-17",
+            ),
+            CaptureSpec("single", (262_147,), record=record, project=tower, level="Level 1"),
+            CaptureSpec("empty", (), project=tower),
+            CaptureSpec("hostile", hostile_sizes, HOSTILE_NAMES, project=depot, level="Ground"),
+            # Two captures of the same name on the same day, in the same level.
+            CaptureSpec("Walk", (3_001,), project=tower, level="Level 2", captured_at="2023-12-01"),
+            CaptureSpec("Walk", (3_003,), project=tower, level="Level 2", captured_at="2023-12-01"),
+            CaptureSpec("a/b: ../c\nd", (2_001,), project=tower, level="Basement"),
+            CaptureSpec("Same as a level", (), project=bare, captured_at="2024-01-02"),
+            CaptureSpec("Outside any project", (1_001,)),
+            *(CaptureSpec(f"Patrol {i}", (), project=depot, level="Ground") for i in range(4)),
+            *(CaptureSpec(f"Patrol {i}", (), project=tower, level="Basement") for i in range(4, 7)),
         ),
         clusters=(
             ClusterSpec(
@@ -267,13 +363,17 @@ def _test() -> SampleSpec:
                 "main",
                 (
                     SubSpec(300_007, MeshSpec(40, 200_003), 1_001, _rot_z(30, 1.0, 2.0, 3.0)),
-                    SubSpec(99_991, MeshSpec(3, 10_007)),
+                    SubSpec(99_991, MeshSpec(3, 10_007), stated_size="null"),
                     SubSpec(1_001, None, 257, ply_layout="extra"),
                     SubSpec(65_537),
                 ),
                 tm=_rot_z(90, 10.0, 0.0, -1.5),
             ),
-            ClusterSpec("Cluster 2", "main", (SubSpec(123_457, None, 33, ply_layout="ascii"),)),
+            ClusterSpec(
+                "Cluster 2",
+                "main",
+                (SubSpec(123_457, None, 33, ply_layout="ascii", stated_size="short"),),
+            ),
             ClusterSpec(
                 "Cluster 3",
                 "empty",
@@ -284,8 +384,8 @@ def _test() -> SampleSpec:
             RecordSpec(
                 record,
                 (
-                    SubSpec(150_001, None, 90_001, ply_layout="big_double"),
-                    SubSpec(77_777, MeshSpec(7, 2_900_037, hostile=True)),
+                    SubSpec(150_001, None, 90_001, ply_layout="big_double", stated_size="wrong"),
+                    SubSpec(77_777, MeshSpec(7, 2_900_037, hostile=True), stated_size="missing"),
                 ),
                 tm=_rot_z(-45, 5.0, 5.0, 0.0),
             ),
@@ -316,11 +416,53 @@ def _bench() -> SampleSpec:
     )
 
 
-PROFILES = {"demo": _demo, "test": _test, "bench": _bench}
+def _scale() -> SampleSpec:
+    """A large team's account, for the namespace's cost per entry (``bench``'s scale figures).
+
+    20 projects x 5 levels x 20 captures (2,000 captures); the first capture has 500 videos;
+    300 clusters of 20 subs each (6,300 pointclouds with their groups). Files are small:
+    what is measured is listings, sizes and memory, not bytes.
+    """
+    projects = tuple(
+        ProjectSpec(f"Project {p:02d}", tuple(f"Level {n}" for n in range(1, 6))) for p in range(20)
+    )
+    captures: list[CaptureSpec] = []
+    for p, project in enumerate(projects):
+        for level in project.levels:
+            for c in range(20):
+                videos = tuple(100_003 + i for i in range(500)) if not captures else ()
+                captures.append(
+                    CaptureSpec(
+                        f"{project.name} {level} walk {c + 1:02d}",
+                        videos,
+                        project=project.name,
+                        level=level,
+                        captured_at=f"2024-{1 + p % 12:02d}-{1 + c:02d}",
+                    )
+                )
+    clusters = tuple(
+        ClusterSpec(
+            f"Cluster {i + 1}",
+            captures[1 + i].name,
+            tuple(SubSpec(4_001 + 20 * i + j) for j in range(20)),
+        )
+        for i in range(300)
+    )
+    return SampleSpec(
+        name="scale",
+        captures=tuple(captures),
+        clusters=clusters,
+        projects=projects,
+        compute_sha256=False,
+    )
+
+
+PROFILES = {"demo": _demo, "test": _test, "bench": _bench, "scale": _scale}
 
 
 def profile(name: str) -> SampleSpec:
-    """The named sample profile: ``demo`` (quick look), ``test`` (every edge), ``bench`` (big)."""
+    """The named sample profile: ``demo`` (quick look), ``test`` (every edge), ``bench`` (big
+    files), ``scale`` (many entries)."""
     try:
         return PROFILES[name]()
     except KeyError:
@@ -843,9 +985,14 @@ def _slug(name: str) -> str:
 
 @dataclass
 class _Ids:
-    """Id counters in disjoint ranges, so an id alone says what kind of object it is."""
+    """Id counters in disjoint ranges, so an id alone says what kind of object it is.
+
+    The small ranges fit the demo, test and bench profiles (whose ids tests know); a spec
+    too large for them (``scale``) gets a range of a million per kind.
+    """
 
     level: int = 20
+    facility: int = 400
     record: int = 600
     capture: int = 1000
     cluster: int = 3000
@@ -857,6 +1004,26 @@ class _Ids:
         value = getattr(self, kind)
         setattr(self, kind, value + 1)
         return value
+
+    @classmethod
+    def for_spec(cls, spec: SampleSpec) -> _Ids:
+        clusters = len(spec.clusters) + sum(1 for r in spec.records if r.subs)
+        subs = sum(len(c.subs) for c in spec.clusters) + sum(len(r.subs) for r in spec.records)
+        needed = {
+            "level": sum(len(p.levels) for p in spec.projects) + clusters,
+            "facility": len(spec.projects),
+            "record": len(spec.records),
+            "capture": len(spec.captures),
+            "cluster": clusters,
+            "video": sum(len(c.video_sizes) for c in spec.captures),
+            "pointcloud": clusters + subs,
+        }
+        small = cls()
+        kinds = list(dataclasses.asdict(small))
+        bounds = dict(itertools.pairwise(kinds))
+        if all(getattr(small, k) + n <= getattr(small, bounds[k]) for k, n in needed.items()):
+            return small
+        return cls(**{k: (i + 1) * 1_000_000 for i, k in enumerate(kinds)})
 
 
 @dataclass
@@ -870,6 +1037,7 @@ class _Builder:
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.ids = _Ids.for_spec(self.spec)
         self.rng = random.Random(f"cupixfs-fake-model:{self.seed}")
         self.clock = datetime(2023, 10, 30, 2, 35, 5, 544_000, tzinfo=UTC)
         self.blob_dir = self.out_dir / "blobs"
@@ -930,7 +1098,10 @@ class _Builder:
                 "capture_ids": [],
                 "cluster_ids": [],
             }
+        facilities, levels = self._projects()
+        #: The first capture of each name (what a cluster spec's ``capture`` names).
         captures: dict[str, dict[str, Any]] = {}
+        capture_list: list[dict[str, Any]] = []
         videos: list[dict[str, Any]] = []
         for ci, c in enumerate(spec.captures):
             if c.record is not None and c.record not in records:
@@ -944,8 +1115,10 @@ class _Builder:
                 "record_id": record_id,
                 "video_ids": [],
                 "cluster_ids": [],
+                **self._placement(c, ci, facilities, levels),
             }
-            captures[c.name] = capture
+            captures.setdefault(c.name, capture)
+            capture_list.append(capture)
             if c.record:
                 records[c.record]["capture_ids"].append(capture["id"])
             for vi, size in enumerate(c.video_sizes):
@@ -1009,13 +1182,76 @@ class _Builder:
             "seed": self.seed,
             "spec_hash": spec_hash(spec, self.seed),
             "records": list(records.values()),
-            "captures": list(captures.values()),
+            "facilities": list(facilities.values()),
+            "levels": [level for by_name in levels.values() for level in by_name.values()],
+            "captures": capture_list,
             "clusters": clusters,
             "videos": videos,
             "pointclouds": pointclouds,
         }
         _check_unique_ids(self.model)
         return self.model
+
+    def _projects(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+        """Facilities by project name, and their levels by project and level name."""
+        facilities: dict[str, dict[str, Any]] = {}
+        levels: dict[str, dict[str, dict[str, Any]]] = {}
+        start = datetime(2023, 9, 1, 8, 0, 0, tzinfo=UTC)
+        for p in self.spec.projects:
+            fid = self.ids.next("facility")
+            stamp = iso_timestamp(start + timedelta(days=len(facilities)))
+            facility = {
+                "id": fid,
+                "key": hashlib.sha1(f"{self.seed}:facility:{fid}".encode()).hexdigest()[:10],
+                "name": p.name,
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            # A second project of the same name is kept under a key of its own.
+            project_key = p.name if p.name not in facilities else f"{p.name}\0{fid}"
+            facilities[project_key] = facility
+            by_name = levels[project_key] = {}
+            for index, name in enumerate(p.levels):
+                lid = self.ids.next("level")
+                level = {
+                    "id": lid,
+                    "facility_id": fid,
+                    "name": name,
+                    "elevation": round(3.5 * index, 1),
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                }
+                by_name.setdefault(name, level)
+                if by_name[name] is not level:  # a second level of the same name
+                    by_name[f"{name}\0{lid}"] = level
+        return facilities, levels
+
+    def _placement(
+        self,
+        c: CaptureSpec,
+        index: int,
+        facilities: dict[str, dict[str, Any]],
+        levels: dict[str, dict[str, dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """A capture's project, level and times (the first project and level of each name)."""
+        if c.project is not None and c.project not in facilities:
+            raise ValueError(f"capture {c.name!r} names unknown project {c.project!r}")
+        if c.level is not None and c.level not in levels.get(c.project or "", {}):
+            raise ValueError(f"capture {c.name!r} names unknown level {c.level!r}")
+        created = datetime(2023, 10, 1, 9, 0, 0, tzinfo=UTC) + timedelta(hours=7 * index)
+        captured = (
+            datetime.fromisoformat(c.captured_at).replace(hour=10, tzinfo=UTC)
+            if c.captured_at
+            else created
+        )
+        return {
+            "facility_id": facilities[c.project]["id"] if c.project else None,
+            "level_id": levels[c.project or ""][c.level]["id"] if c.level else None,
+            "state": "done",
+            "captured_at": iso_timestamp(captured),
+            "created_at": iso_timestamp(created),
+            "updated_at": iso_timestamp(created + timedelta(hours=2)),
+        }
 
     def _cluster(
         self,
@@ -1175,6 +1411,8 @@ class _Builder:
             mesh_uploaded_at=mesh_at,
             ply_uploaded_at=ply_at,
         )
+        if sub.stated_size not in STATED_SIZES:
+            raise ValueError(f"stated_size must be one of {', '.join(STATED_SIZES)}")
         return {
             "id": sub_id,
             "capture_id": capture_id,
@@ -1183,6 +1421,7 @@ class _Builder:
             "attributes": attrs,
             "files": files,
             "resources": resources,
+            "stated_size": sub.stated_size,
         }
 
 
@@ -1219,8 +1458,8 @@ def _check_unique_ids(model: dict[str, Any]) -> None:
     """Ids must be distinct across kinds, so a test can tell a video id from a pointcloud id."""
     seen: set[int] = set()
     ids: list[int] = []
-    for key in ("records", "captures", "clusters", "videos", "pointclouds"):
-        ids.extend(item["id"] for item in model[key])
+    for key in ("records", "facilities", "levels", "captures", "clusters", "videos", "pointclouds"):
+        ids.extend(item["id"] for item in model.get(key, []))
     ids.extend(r["id"] for pc in model["pointclouds"] for r in pc["resources"])
     for i in ids:
         if i in seen:

@@ -32,7 +32,7 @@ from .api import CupixApi
 from .blobs import PLAIN_PREFIX, STORE_PREFIX, BlobStore
 from .dataset import Dataset
 from .faults import Decision, Faults
-from .responses import FileBody, Response, json_error, s3_error
+from .responses import FileBody, Response, api_error, json_error, s3_error
 from .stats import Stats
 
 __all__ = ["FakeServer"]
@@ -157,11 +157,21 @@ class _Handler(BaseHTTPRequestHandler):
         route = fake.api.route_template(path) if kind == "api" else ""
         if kind == "api":
             fake.stats.api_request(route)
-        elif kind == "blob":
+            fake.stats.api_started()
+            try:
+                self._answer(kind, method, path, query)
+            finally:
+                fake.stats.api_finished()
+            return
+        if kind == "blob":
             fake.stats.blob_request()
         elif kind == "plain":
             fake.stats.plain_request()
+        self._answer(kind, method, path, query)
 
+    def _answer(self, kind: Kind, method: str, path: str, query: str) -> None:
+        """Apply the fault decision, then send what the route returns."""
+        fake = self.server.fake
         decision = fake.faults.decide("blob" if kind in ("blob", "plain") else "api")
         if decision.abort == "outage":
             fake.stats.fault("outage")
@@ -214,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
         message = {429: "Too many requests", 500: "Internal server error"}.get(
             status, "Service unavailable"
         )
-        return json_error(status, message, headers)
+        return api_error(status, message, headers)
 
     def _read_body(self) -> bytes | None:
         """Read the request body so the next keep-alive request starts at the right byte."""

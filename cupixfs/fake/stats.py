@@ -34,11 +34,23 @@ class Stats:
             self._plain_bytes = 0
             self._status_counts: Counter[str] = Counter()
             self._faults: Counter[str] = Counter()
+            self._api_in_flight = 0
+            self._api_in_flight_max = 0
 
     def api_request(self, route: str) -> None:
         with self._lock:
             self._api_requests += 1
             self._api_by_route[route] += 1
+
+    def api_started(self) -> None:
+        """An API request is being answered (with :meth:`api_finished`: the most at once)."""
+        with self._lock:
+            self._api_in_flight += 1
+            self._api_in_flight_max = max(self._api_in_flight_max, self._api_in_flight)
+
+    def api_finished(self) -> None:
+        with self._lock:
+            self._api_in_flight = max(0, self._api_in_flight - 1)
 
     def blob_request(self) -> None:
         with self._lock:
@@ -73,6 +85,7 @@ class Stats:
             return {
                 "api_requests": self._api_requests,
                 "api_by_route": dict(self._api_by_route),
+                "api_in_flight_max": self._api_in_flight_max,
                 "blob_requests": self._blob_requests,
                 "blob_bytes": self._blob_bytes,
                 "blob_ranges": [list(r) for r in self._blob_ranges],

@@ -30,7 +30,8 @@ from cupixfs.core.errors import (
     Unavailable,
     unwrap,
 )
-from cupixfs.fs.vfs import Attr, IsADirectory, NotADirectory, Vfs
+from cupixfs.core.memory import give_back
+from cupixfs.fs.vfs import Attr, IsADirectory, NotADirectory, NotALink, Vfs
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -39,12 +40,14 @@ R = TypeVar("R")
 AUTH_LOG_EVERY = 300.0
 DIR_MODE = 0o040555
 FILE_MODE = 0o100444
+LINK_MODE = 0o120777
 
 _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotFound, errno.ENOENT),
     (AuthError, errno.EACCES),
     (IsADirectory, errno.EISDIR),
     (NotADirectory, errno.ENOTDIR),
+    (NotALink, errno.EINVAL),
     (Unavailable, errno.EIO),
     (ProtocolError, errno.EIO),
     (RemoteChanged, errno.EIO),
@@ -115,7 +118,7 @@ class CupixOperations(pyfuse3.Operations):
             self.errors += 1
         if isinstance(exc, NotCached):
             log.info("%s: %s", operation, exc)
-        elif isinstance(exc, NotFound | IsADirectory | NotADirectory):
+        elif isinstance(exc, NotFound | IsADirectory | NotADirectory | NotALink):
             log.debug("%s: %s", operation, exc)
         elif isinstance(exc, AuthError):
             now = time.monotonic()
@@ -137,7 +140,8 @@ class CupixOperations(pyfuse3.Operations):
         # An unknown size is never cached by the kernel: the next stat asks again.
         entry.entry_timeout = self._timeout if known else 0
         entry.attr_timeout = self._timeout if known else 0
-        entry.st_mode = pyfuse3.ModeT(DIR_MODE if attr.is_dir else FILE_MODE)
+        mode = DIR_MODE if attr.is_dir else LINK_MODE if attr.is_link else FILE_MODE
+        entry.st_mode = pyfuse3.ModeT(mode)
         entry.st_nlink = 2 if attr.is_dir else 1
         entry.st_uid = self._uid
         entry.st_gid = self._gid
@@ -164,12 +168,25 @@ class CupixOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         return self._entry(await self._vfs.getattr(inode))
 
+    @_errors
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.fsencode(self._vfs.readlink(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """The kernel gives back lookups; what it no longer knows is dropped (never raises)."""
+        try:
+            if self._vfs.forget([(int(inode), count) for inode, count in inode_list]):
+                await trio.to_thread.run_sync(give_back)
+        except Exception as exc:
+            log.error("forget: unexpected %s: %s", type(exc).__name__, exc)
+
     # -- directories -----------------------------------------------------------------
 
     @_errors
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        self._vfs.opendir(inode)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         # The listing is taken on the first readdir (not here) and kept for the
@@ -187,12 +204,17 @@ class CupixOperations(pyfuse3.Operations):
         entries = self._listings[fh]
         for index in range(start_id, len(entries)):
             name, attr = entries[index]
+            if not self._vfs.known(attr.inode):
+                continue  # dropped since this handle's listing was taken
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
                 break
+            self._vfs.remember(attr.inode)  # readdirplus: each entry is one lookup
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._listings.pop(fh, None)
-        self._dir_inode.pop(fh, None)
+        inode = self._dir_inode.pop(fh, None)
+        if inode is not None:
+            self._vfs.releasedir(inode)
 
     # -- files -------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ sequential reader is about to read are pushed, and its reads never reach us (see
   file starts a new epoch *before* its pages are dropped, and pushes and drops take one
   lock, so a push of old bytes either lands before the drop (and is dropped with the
   rest) or not at all.
-- **Never from the event loop.** Both calls write to /dev/fuse and may wait for the
-  kernel (a drop waits for reads of those pages in flight, which this very process
-  answers), so they run in worker threads.
+- **Never from the event loop**, where they could wait: both write to /dev/fuse, and
+  may wait for the kernel (a drop waits for reads of those pages in flight, which this
+  very process answers), so they run in worker threads. Dropping only a file's
+  attributes (its size was wrong) waits for nothing, and is done at once.
 """
 
 from __future__ import annotations
@@ -72,12 +73,23 @@ class KernelCache:
                 return
             self.pushed_bytes += len(data)
 
-    def invalidate(self, inodes: Iterable[int]) -> None:
-        """Drop the kernel's pages and attributes of *inodes* (their remote file changed)."""
+    def invalidate(self, inodes: Iterable[int], attr_only: bool = False) -> None:
+        """Drop the kernel's pages and attributes of *inodes* (their remote file changed),
+        or with *attr_only* just their attributes (the bytes are right, the size was not)."""
         inodes = list(inodes)
-        for inode in inodes:
-            self._epochs.pop(inode, None)  # later pushes of the old version are void
+        if not attr_only:
+            for inode in inodes:
+                self._epochs.pop(inode, None)  # later pushes of the old version are void
         if not inodes or not self.enabled:
+            return
+        if attr_only:
+            # At once, from the event loop: the kernel must know before the reply that
+            # follows (an open's), and dropping attributes waits for nothing.
+            for inode in inodes:
+                try:
+                    pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), True)
+                except OSError as exc:
+                    log.debug("invalidate_inode(%d, attributes): %s", inode, exc)
             return
 
         def drop() -> None:

@@ -18,11 +18,13 @@ from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.fs.pagecache import KernelCache
-from cupixfs.namespace.nodes import DirNode, FileNode, Node
+from cupixfs.namespace.nodes import DirNode, FileNode, LinkNode, Node
 from cupixfs.namespace.tree import Namespace
 
 log = logging.getLogger(__name__)
 
+#: Inodes dropped between two returns of freed memory to the system (`give_back`).
+GIVE_BACK_AFTER = 4096
 #: Size probes in flight for one listing (``ls -l`` must not stat files one by one).
 PROBES_AT_ONCE = 16
 
@@ -36,6 +38,7 @@ class Attr:
     size: int | None
     mtime: datetime
     ctime: datetime
+    is_link: bool = False
 
 
 class IsADirectory(CupixError):
@@ -46,8 +49,17 @@ class NotADirectory(CupixError):
     """readdir() or lookup() in a file."""
 
 
+class NotALink(CupixError):
+    """readlink() of something that is not a symbolic link."""
+
+
 class Vfs:
-    """Lookup, attributes, listings, and reads by inode."""
+    """Lookup, attributes, listings, and reads by inode.
+
+    It keeps the kernel's lookup counts in the namespace (`remember`, `forget`) and pins
+    what is open, so that what the kernel has forgotten is dropped, with everything kept
+    for it here and in the data layer.
+    """
 
     def __init__(
         self,
@@ -61,29 +73,99 @@ class Vfs:
         #: The kernel's page cache (pushes ahead of sequential readers, drops on change).
         self.kernel = kernel or KernelCache()
         self._started = started
-        self._handles: dict[int, OpenFile] = {}
+        self._handles: dict[int, tuple[int, OpenFile]] = {}
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
+        self._dropped_since_give_back = 0
+        namespace.on_drop = self._dropped
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
         mtime = node.mtime or self._started
-        return Attr(inode, isinstance(node, DirNode), size, mtime, node.ctime or mtime)
+        return Attr(
+            inode,
+            isinstance(node, DirNode),
+            size,
+            mtime,
+            node.ctime or mtime,
+            is_link=isinstance(node, LinkNode),
+        )
 
     async def getattr(self, inode: int) -> Attr:
+        """Attributes of one inode (the same as a listing gives them)."""
         node = self.namespace.node(inode)
         if isinstance(node, FileNode) and isinstance(node.source, StaticFile) and node.source.live:
             return self._attr(inode, node, None)  # a live document: never cache its size
         if isinstance(node, FileNode) and node.source is not None:
             return self._attr(inode, node, await self.data.size(node.source))
-        return self._attr(inode, node, 0)
+        return self._attr(inode, node, _local_size(node))
 
     async def lookup(self, parent: int, name: str) -> Attr:
+        """The entry the kernel asks for; it counts as one lookup of its inode."""
         try:
             inode = await self.namespace.lookup(parent, name)
         except NotADirectoryError:
             raise NotADirectory(name) from None
-        return await self.getattr(inode)
+        self.namespace.ref(inode)  # held while its attributes are learnt, kept if they are
+        try:
+            return await self.getattr(inode)
+        except BaseException:
+            self.namespace.unref(inode)
+            raise
+
+    # -- what the kernel knows -------------------------------------------------------------
+
+    def remember(self, inode: int) -> bool:
+        """Count one lookup of an entry a listing returned to the kernel; False (count
+        nothing, return nothing) when that inode has been dropped meanwhile."""
+        return self.namespace.ref(inode)
+
+    def known(self, inode: int) -> bool:
+        return self.namespace.known(inode)
+
+    def forget(self, lookups: list[tuple[int, int]]) -> bool:
+        """The kernel's ``forget``: it no longer knows these inodes by so many lookups.
+
+        True when so much has been dropped since the last time that the freed memory is
+        worth giving back to the system (`cupixfs.core.memory.give_back`).
+        """
+        for inode, count in lookups:
+            self.namespace.unref(inode, count)
+        if self._dropped_since_give_back < GIVE_BACK_AFTER:
+            return False
+        self._dropped_since_give_back = 0
+        return True
+
+    def opendir(self, inode: int) -> None:
+        """An open directory handle pins its inode until `releasedir`."""
+        self.namespace.node(inode)
+        self.namespace.ref(inode)
+
+    def releasedir(self, inode: int) -> None:
+        self.namespace.unref(inode)
+
+    def _dropped(self, inode: int, last_of: str | None) -> None:
+        """The namespace dropped *inode*; *last_of* is the key of the file whose last
+        inode it was, whose sizes, documents and signed URL can go too."""
+        self._kernel_version.pop(inode, None)
+        self._dropped_since_give_back += 1
+        self.kernel.forget(inode)
+        if last_of is not None:
+            self.data.forget(last_of)
+
+    def table_sizes(self) -> dict[str, int]:
+        return {
+            **self.namespace.table_sizes(),
+            **self.data.table_sizes(),
+            "kernel_versions": len(self._kernel_version),
+            "open_files": len(self._handles),
+        }
+
+    def readlink(self, inode: int) -> str:
+        node = self.namespace.node(inode)
+        if not isinstance(node, LinkNode):
+            raise NotALink(str(inode))
+        return node.target
 
     async def listdir(self, inode: int) -> list[tuple[str, Attr]]:
         """Every child with its attributes; file sizes are learnt concurrently.
@@ -122,7 +204,10 @@ class Vfs:
             raise errors[0]
         for exc in errors:
             log.warning("listing: a file's size is unknown for now: %s", exc)
-        return [(name, self._attr(child, node, sizes.get(child, 0))) for name, child, node in nodes]
+        return [
+            (name, self._attr(child, node, sizes.get(child, _local_size(node))))
+            for name, child, node in nodes
+        ]
 
     async def open(self, inode: int) -> tuple[int, bool, bool]:
         """A handle for reading *inode*, whether the kernel may keep the pages it already
@@ -139,8 +224,11 @@ class Vfs:
         pushed = isinstance(node.source, RemoteFile | DerivedFile)
         push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
+        if not self.namespace.ref(inode):  # pinned while open
+            self.data.release(handle)
+            raise NotFound(f"inode {inode} was forgotten while it was being opened")
         fh = next(self._next_fh)
-        self._handles[fh] = handle
+        self._handles[fh] = (inode, handle)
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         if handle.version is not None:
             self._kernel_version[inode] = handle.version
@@ -148,15 +236,21 @@ class Vfs:
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
         try:
-            handle = self._handles[fh]
+            _inode, handle = self._handles[fh]
         except KeyError:
             raise NotFound(f"no open file {fh}") from None
         return await self.data.read(handle, offset, size)
 
     def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is not None:
+        opened = self._handles.pop(fh, None)
+        if opened is not None:
+            inode, handle = opened
             self.data.release(handle)
+            self.namespace.unref(inode)
+
+    def resized(self, source: FileSource) -> None:
+        """*source* is larger than the kernel was told: it asks for its attributes again."""
+        self.kernel.invalidate(self.inodes_of(source), attr_only=True)
 
     def changed(self, source: FileSource) -> None:
         """*source*'s remote file changed (or its size was corrected): the kernel's pages
@@ -170,8 +264,13 @@ class Vfs:
             return dict(node.xattrs, cache_key=node.source.key)
         if isinstance(node, FileNode) and isinstance(node.source, DerivedFile):
             return dict(node.xattrs, cache_key=node.source.base.key)  # computed from its base
-        return node.xattrs
+        return dict(node.xattrs)
 
     def inodes_of(self, source: FileSource) -> list[int]:
         """Every inode whose bytes come from *source* (a sub shows up in several places)."""
         return self.namespace.inodes_with_source(source.key)
+
+
+def _local_size(node: Node) -> int:
+    """The size of what is not a file's bytes: a link's target's length; 0 for a folder."""
+    return len(node.target.encode()) if isinstance(node, LinkNode) else 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from cupixfs.api.regions import token_page
 from cupixfs.config.settings import MountConfig, default_state_dir
 from cupixfs.core.errors import AuthError, CupixError, unwrap
 from cupixfs.core.redact import redact_url
@@ -97,8 +98,11 @@ async def serve(config: MountConfig, notify: Notify) -> None:
     async with open_stack(config) as stack:
         try:
             await stack.client.check_auth()
-        except AuthError:
-            raise MountError("the Cupix API refused the token (check CUPIX_API_TOKEN)") from None
+        except AuthError as exc:
+            raise MountError(
+                f"{exc}; check the token (CUPIX_API_TOKEN, --token-file, the profile or "
+                f"cupixfs login), or create one at {token_page(config.region)}"
+            ) from None
         except CupixError as exc:
             raise MountError(
                 f"cannot reach the Cupix API at {redact_url(config.api_url)}: {exc}"
@@ -117,6 +121,7 @@ async def serve(config: MountConfig, notify: Notify) -> None:
             raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
         stack.vfs.kernel.enable()
         stack.data.on_change = stack.vfs.changed
+        stack.data.on_resize = stack.vfs.resized
         log.info("mounted %s at %s", redact_url(config.api_url), config.mountpoint)
         unmounted = False
         try:

@@ -178,12 +178,16 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         )
         background.start_soon(metrics.save_periodically)
         started = datetime.now(UTC)
-        tree = Tree(client, started, status=metrics.render, views=views)
+        tree = Tree(
+            client, started, status=metrics.render, views=views, listing_ttl=config.listing_ttl
+        )
         tree.known_captures.update(config.captures)
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
+        vfs = Vfs(namespace, data, started)
+        # What memory holds per entry, so a test (or a user) sees it follow what is in use.
+        metrics.add_source(vfs.table_sizes)
         try:
-            vfs = Vfs(namespace, data, started)
             yield Stack(client, fetcher, blocks, data, vfs, metrics, views)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT) as drain:

@@ -26,6 +26,7 @@ def test_a_listing_gives_every_video_with_its_true_size(
             assert [name for name, _ in await stack.vfs.listdir(ROOT_INODE)] == [
                 "captures",
                 "clusters",
+                "projects",
                 "records",
             ]
 

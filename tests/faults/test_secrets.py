@@ -172,7 +172,7 @@ def test_private_token_file_is_used_and_the_mount_is_private(
     os.chmod(token_file, 0o600)
     # The environment's token is wrong: the mount works only if the file's token is used.
     with mounter("--token-file", str(token_file), token=WRONG_TOKEN) as m:
-        assert sorted(os.listdir(m.path)) == ["captures", "clusters", "records"]
+        assert sorted(os.listdir(m.path)) == ["captures", "clusters", "projects", "records"]
         capture = dataset["captures"][0]["id"]
         assert os.listdir(m.path / "captures" / str(capture))
         options = mount_options(m.path)

@@ -23,7 +23,11 @@ class Oracle:
         while True:
             body = self._http.get(path, params={**params, "page": page}).raise_for_status().json()
             items += body["result"]["data"]
-            next_page = body["result"]["pagination"]["next_page"]
+            pagination = body["result"]["pagination"]
+            if "next_page" in pagination:
+                next_page = pagination["next_page"]
+            else:  # only totals (the vendor's Project example)
+                next_page = page + 1 if page < pagination["total_pages"] else None
             if next_page is None:
                 return items
             page = next_page

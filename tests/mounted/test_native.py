@@ -229,6 +229,7 @@ def test_command_line_over_profile_over_defaults(
         f"captures = [{MAIN}]\n"
     )
     log = tmp_path / "mount.log"
+    fake.api.configure(refuse={"GET /captures": 403})  # /captures then shows just the pins
     result = _cupixfs(
         "mount",
         str(mountpoint),

@@ -17,7 +17,7 @@ from tests.mounted.oracle import Oracle
 
 
 def test_top_level(mounted: Mount) -> None:
-    assert sorted(os.listdir(mounted.path)) == ["captures", "clusters", "records"]
+    assert sorted(os.listdir(mounted.path)) == ["captures", "clusters", "projects", "records"]
 
 
 def test_full_tree_equals_the_api(
@@ -59,14 +59,32 @@ def test_unknown_ids_are_enoent(mounted: Mount) -> None:
             os.stat(mounted.path / path)
 
 
-def test_a_capture_resolves_on_lookup_without_being_pinned(
-    mounter: Any, dataset: dict[str, Any]
+def test_every_capture_is_listed_across_pages(
+    mounter: Any, fake: FakeServer, dataset: dict[str, Any]
+) -> None:
+    pages = Oracle(fake).pages("captures", fields="id")
+    assert pages > 3
+    with mounter() as m:
+        fake.stats.reset()
+        listed = os.listdir(m.path / "captures")
+        assert fake.stats.snapshot()["api_by_route"]["GET /captures"] == pages  # each page once
+    assert listed == [str(c["id"]) for c in sorted(dataset["captures"], key=lambda c: c["id"])]
+
+
+def test_a_capture_resolves_on_lookup_when_the_api_cannot_list_captures(
+    mounter: Any, fake: FakeServer, dataset: dict[str, Any]
 ) -> None:
     capture = dataset["captures"][0]["id"]
+    fake.api.configure(refuse={"GET /captures": 403})
     with mounter() as m:
         assert os.listdir(m.path / "captures") == []
         assert "videos" in os.listdir(m.path / "captures" / str(capture))
         assert os.listdir(m.path / "captures") == [str(capture)]
+        assert sorted(os.listdir(m.path / "captures" / str(capture) / "videos"))
+        assert os.listdir(m.path / "projects") == []
+        refusals = [line for line in m.log_text().splitlines() if "GET /captures is not" in line]
+    assert len(refusals) == 1, refusals  # one line saying why, however often it is asked
+    assert "403" in refusals[0] and "/projects stays empty" in refusals[0]
 
 
 def test_hostile_names_are_safe_unique_and_readable(
@@ -117,4 +135,5 @@ def test_sub_directories_hold_the_right_files(mounted: Mount, dataset: dict[str,
         assert pc["attributes"]["name"] in names and "meta.json" in names
         assert ("mesh.zip" in names) == (pc["files"]["mesh"] is not None)
         assert ("pointcloud.ply" in names) == (pc["files"]["ply"] is not None)
-        assert Path(sub / pc["attributes"]["name"]).stat().st_size == pc["files"]["cpc"]["size"]
+        if pc.get("stated_size", "true") == "true":  # a wrong stated size shows until opened
+            assert Path(sub / pc["attributes"]["name"]).stat().st_size == pc["files"]["cpc"]["size"]

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
-from cupixfs.api.client import CupixClient
+from cupixfs.api.client import MAX_API_REQUESTS, CupixClient
+from cupixfs.api.response_cache import ResponseCache
 from cupixfs.core.errors import AuthError, NotFound, ProtocolError, Unavailable
 from cupixfs.core.retry import Health, RetryPolicy
 
@@ -228,3 +230,136 @@ def test_a_token_that_cannot_be_read_again_keeps_the_old_one(
         trio.run(session)
     assert seen == ["old-SECRET"]
     assert "cannot read the API token again: cannot read token file /etc/t" in caplog.text
+
+
+# -- pages at once, odd paginations, all or nothing --------------------------------------------
+
+
+def _paged(
+    items: int, per_page: int, pagination: str = "full"
+) -> Callable[[httpx.Request], object]:
+    """A handler serving *items* videos in pages, with the pagination block *pagination*."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        total_pages = -(-items // per_page)
+        data = [_video(i) for i in range((page - 1) * per_page, min(items, page * per_page))]
+        await trio.sleep(0.001 * ((page * 7) % 5))  # later pages may answer first
+        block: dict[str, object] | None = {
+            "full": {
+                "total_entries": items,
+                "total_pages": total_pages,
+                "per_page": per_page,
+                "current_page": page,
+                "next_page": page + 1 if page < total_pages else None,
+            },
+            "totals": {"total_entries": items, "total_pages": total_pages},
+            "entries": {"total_entries": items, "per_page": per_page},
+            "next": {"next_page": page + 1 if page < total_pages else None},
+            "null": None,
+        }[pagination]
+        return httpx.Response(200, json={"result": {"data": data, "pagination": block}})
+
+    return handler
+
+
+def _async_client(handler: Callable[[httpx.Request], object], **kwargs: object) -> CupixClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return CupixClient(http, API, "tok", RetryPolicy(deadline=2.0), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pagination", ["full", "totals", "entries", "next"])
+def test_every_page_in_order_whatever_the_pagination_says(pagination: str) -> None:
+    videos = trio.run(_async_client(_paged(23, 5, pagination)).list_videos, 10)
+    assert [v.id for v in videos] == list(range(23))
+
+
+def test_a_null_pagination_is_one_page() -> None:
+    videos = trio.run(_async_client(_paged(4, 5, "null")).list_videos, 10)
+    assert [v.id for v in videos] == list(range(4))
+
+
+def test_pages_are_fetched_at_once_within_the_mount_wide_bound() -> None:
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await trio.sleep(0.01)
+            return await _paged(50 * 40, 50)(request)  # type: ignore[misc]
+        finally:
+            in_flight -= 1
+
+    client = _async_client(handler)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:  # two listings share one bound
+            nursery.start_soon(client.list_videos, 1)
+            nursery.start_soon(client.list_videos, 2)
+
+    trio.run(main)
+    assert peak == MAX_API_REQUESTS
+
+
+def test_a_listing_grown_since_page_one_is_followed_to_its_end() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        pagination = {"total_pages": 2, "next_page": page + 1 if page < 3 else None}
+        return httpx.Response(
+            200, json={"result": {"data": [_video(page)], "pagination": pagination}}
+        )
+
+    assert [v.id for v in trio.run(_async_client(handler).list_videos, 10)] == [1, 2, 3]
+
+
+def test_a_failed_page_fails_the_listing_and_nothing_is_saved(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    cache.open()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["page"] == "3":
+            return httpx.Response(503)
+        return await _paged(30, 5)(request)  # type: ignore[misc]
+
+    with pytest.raises(Unavailable):
+        trio.run(_async_client(handler, cache=cache).list_videos, 10)
+    assert not list(cache.root.iterdir())
+    trio.run(_async_client(_paged(30, 5), cache=cache).list_videos, 10)
+    assert len(list(cache.root.iterdir())) == 1  # a complete listing is kept
+
+
+def test_an_item_on_two_pages_is_listed_once() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        data = [_video(1), _video(2)] if page == 1 else [_video(2), _video(3)]
+        pagination = {"total_pages": 2, "next_page": 2 if page == 1 else None}
+        return httpx.Response(200, json={"result": {"data": data, "pagination": pagination}})
+
+    assert [v.id for v in trio.run(_async_client(handler).list_videos, 10)] == [1, 2, 3]
+
+
+def test_errors_carry_the_apis_message() -> None:
+    body = {
+        "result": {"code": 403, "type": "forbidden", "reason": "Forbidden", "message": "No\nway"}
+    }
+    with pytest.raises(AuthError, match=r"403 Forbidden: No way\)"):
+        trio.run(_client(lambda request: httpx.Response(403, json=body)).list_videos, 10)
+    with pytest.raises(NotFound, match=r"404: gone\)"):
+        trio.run(_client(lambda r: httpx.Response(404, json={"message": "gone"})).list_videos, 10)
+    with pytest.raises(NotFound, match=r"\(404\)"):
+        trio.run(_client(lambda r: httpx.Response(404, text="<html>")).list_videos, 10)
+
+
+def test_the_token_check_asks_me_and_falls_back_where_there_is_none() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.url.path} {request.url.params.get('fields')}")
+        if request.url.path.endswith("/me"):
+            return httpx.Response(404)
+        return _page([])
+
+    trio.run(_client(handler).check_auth)
+    assert asked == ["/api/v1/me id", "/api/v1/pointclouds id"]

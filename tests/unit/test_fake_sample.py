@@ -49,8 +49,45 @@ def test_every_file_matches_its_size_and_sha256(test_data: Path) -> None:
 
 def test_captures_cover_the_pagination_and_empty_cases(test_data: Path) -> None:
     model = load(test_data)
-    counts = {c["name"]: len(c["video_ids"]) for c in model["captures"]}
+    counts = {c["name"]: len(c["video_ids"]) for c in model["captures"][:4]}
     assert counts == {"main": 17, "single": 1, "empty": 0, "hostile": len(sample.HOSTILE_NAMES)}
+    assert len(model["captures"]) > 3 * 5  # GET /captures: more than three pages of 5
+
+
+def test_projects_place_captures_by_id(test_data: Path) -> None:
+    model = load(test_data)
+    facilities = {f["id"]: f for f in model["facilities"]}
+    levels = {lv["id"]: lv for lv in model["levels"]}
+    assert [f["name"] for f in model["facilities"]] == [p.name for p in sample.TEST_PROJECTS]
+    assert len({f["key"] for f in facilities.values()}) == len(facilities)
+    placed = unplaced = no_project = 0
+    for capture in model["captures"]:
+        if capture["facility_id"] is None:
+            no_project += 1
+            assert capture["level_id"] is None
+        elif capture["level_id"] is None:
+            unplaced += 1
+        else:
+            placed += 1
+            assert levels[capture["level_id"]]["facility_id"] == capture["facility_id"]
+        assert capture["captured_at"] and capture["created_at"] and capture["updated_at"]
+    assert placed and unplaced and no_project
+    walks = [c for c in model["captures"] if c["name"] == "Walk"]
+    assert len(walks) == 2 and walks[0]["level_id"] == walks[1]["level_id"]
+    assert walks[0]["captured_at"][:10] == walks[1]["captured_at"][:10]
+
+
+def test_a_spec_field_added_later_leaves_old_hashes_alone() -> None:
+    """Fields added for projects and stated sizes are hashed only when set, so a data set
+    generated before them (the shared bench data) is not generated again for nothing."""
+    bench = profile("bench")
+    assert not any(c.project for c in bench.captures) and not bench.projects
+    hashed = json.dumps(sample._hashed(bench))
+    for later in ("project", "level", "captured_at", "stated_size", "projects"):
+        assert f'"{later}"' not in hashed
+    placed = sample.SampleSpec("x", (sample.CaptureSpec("c", project="p"),))
+    plain = sample.SampleSpec("x", (sample.CaptureSpec("c"),))
+    assert sample.spec_hash(placed, 0) != sample.spec_hash(plain, 0)
 
 
 def test_hostile_names_and_edge_sizes(test_data: Path) -> None:
@@ -206,7 +243,8 @@ def test_generation_is_deterministic_and_idempotent(tmp_path: Path) -> None:
 
 def test_profiles() -> None:
     demo, bench = profile("demo"), profile("bench")
-    assert [len(c.video_sizes) for c in demo.captures] == [3, 3]
+    assert [len(c.video_sizes) for c in demo.captures] == [3, 3, 1, 1]
+    assert {c.project for c in demo.captures} == {p.name for p in demo.projects}
     assert all(4 << 20 <= s <= 8 << 20 for c in demo.captures for s in c.video_sizes)
     assert len(demo.records) == 1 and 1 <= len(demo.records[0].subs) <= 2
     sizes = sorted(s for c in bench.captures for s in c.video_sizes)
@@ -216,3 +254,13 @@ def test_profiles() -> None:
     assert max(len(c.subs) for c in bench.clusters) == 40
     with pytest.raises(ValueError):
         profile("nope")
+
+
+def test_the_scale_profile_is_a_large_account() -> None:
+    scale = profile("scale")
+    assert len(scale.captures) == 2_000 and len(scale.projects) == 20
+    assert all(len(p.levels) == 5 for p in scale.projects)
+    assert sum(len(c.video_sizes) for c in scale.captures) == 500
+    assert len(scale.clusters) == 300 and all(len(c.subs) == 20 for c in scale.clusters)
+    ids = sample._Ids.for_spec(scale)
+    assert ids.capture + 2_000 <= ids.cluster, "wide id ranges for a spec this large"

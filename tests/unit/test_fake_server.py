@@ -45,10 +45,12 @@ def clean_server(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     srv: FakeServer = request.getfixturevalue("server")
     srv.faults.reset()
+    srv.api.reset()
     srv.stats.reset()
     srv.set_tokens([TOKEN])
     yield
     srv.faults.reset()
+    srv.api.reset()
 
 
 @pytest.fixture
@@ -89,6 +91,142 @@ def list_all(client: httpx.Client, server: FakeServer, path: str, **params: Any)
         page += 1
 
 
+# --- captures, projects, levels, the user ------------------------------------------------------
+
+
+def test_captures_list_every_capture_with_bare_ids(
+    server: FakeServer, client: httpx.Client
+) -> None:
+    fields = "id,name,facility,level,record,captured_at,created_at,updated_at"
+    items = list_all(client, server, "/captures", fields=fields)
+    assert [int(i["id"]) for i in items] == sorted(server.dataset.captures)
+    assert len(items) > 3 * 5
+    for item in items:
+        attrs = item["attributes"]
+        assert item["type"] == "capture" and attrs["name"] and attrs["captured_at"]
+        for ref in ("facility", "level", "record"):  # nested objects: an id or nothing
+            assert set(attrs[ref]) <= {"id"}
+    assert any(i["attributes"]["level"] == {} for i in items)
+    assert any(i["attributes"]["facility"] == {} for i in items)
+    assert api(client, server, "/captures").status_code == 400  # fields is required
+    main = api(client, server, "/captures", fields="id", q="MAIN").json()["result"]["data"]
+    assert [int(i["id"]) for i in main] == [MAIN]
+
+
+def test_one_capture_and_unknown_ids(server: FakeServer, client: httpx.Client) -> None:
+    one = api(client, server, f"/captures/{MAIN}", fields="id,name").json()["result"]["data"]
+    assert one["attributes"] == {"id": MAIN, "name": "main"}
+    missing = api(client, server, "/captures/999999", fields="id")
+    assert missing.status_code == 404 and "not found" in missing.json()["result"]["message"]
+    server.api.configure(unknown_ids="empty")
+    assert api(client, server, "/captures/999999", fields="id").json()["result"]["data"] is None
+    videos = api(client, server, "/videos", fields="id", capture_id=999999)
+    assert videos.status_code == 200 and videos.json()["result"]["data"] == []
+    records = api(client, server, "/pointclouds", fields="id", record_id=999999)
+    assert records.status_code == 200 and records.json()["result"]["data"] == []
+
+
+def test_facilities_paginate_with_totals_only(server: FakeServer, client: httpx.Client) -> None:
+    first = api(client, server, "/facilities", fields="id,key,name").json()["result"]
+    assert set(first["pagination"]) == {"total_entries", "total_pages"}
+    total = first["pagination"]["total_pages"]
+    items = []
+    for page in range(1, total + 1):
+        items += api(client, server, "/facilities", fields="id,key,name", page=page).json()[
+            "result"
+        ]["data"]
+    assert [i["attributes"]["name"] for i in items] == [
+        f["name"] for f in server.dataset.facilities.values()
+    ]
+    key = items[0]["attributes"]["key"]
+    one = api(client, server, f"/facilities/{key}", fields="id,name").json()["result"]["data"]
+    assert one["attributes"]["name"] == "Tower A / Phase 2"
+    assert api(client, server, "/facilities/nope", fields="id").status_code == 404
+
+
+def test_levels_of_a_project(server: FakeServer, client: httpx.Client) -> None:
+    facility = next(iter(server.dataset.facilities.values()))
+    levels = list_all(client, server, "/levels", fields="id,name", facility_key=facility["key"])
+    assert [lv["attributes"]["name"] for lv in levels] == ["Level 1", "Level 2", "Basement"]
+    bare = [f for f in server.dataset.facilities.values() if not server.dataset.levels_of(f["id"])]
+    empty = api(client, server, "/levels", fields="id", facility_key=bare[0]["key"]).json()
+    assert empty["result"]["data"] == [] and empty["result"]["pagination"]["total_pages"] == 0
+    assert api(client, server, "/levels", fields="id").status_code == 400
+    assert api(client, server, "/levels", fields="id", facility_key="nope").status_code == 404
+
+
+def test_me(server: FakeServer, client: httpx.Client) -> None:
+    me = api(client, server, "/me", fields="id").json()["result"]["data"]
+    assert me["type"] == "user" and me["attributes"] == {"id": 1}
+    assert httpx.get(server.api_url + "/me", params={"fields": "id"}).status_code == 401
+
+
+def test_routes_can_be_refused(server: FakeServer, client: httpx.Client) -> None:
+    admin = server.base_url + "/_fake/api"
+    r = httpx.post(admin, json={"refuse": {"GET /facilities": 403, "GET /levels": 404}})
+    assert r.status_code == 200 and r.json()["refuse"] == {
+        "GET /facilities": 403,
+        "GET /levels": 404,
+    }
+    refused = api(client, server, "/facilities", fields="id")
+    assert refused.status_code == 403 and refused.json()["result"]["message"]
+    assert api(client, server, "/captures", fields="id").status_code == 200
+    assert httpx.post(admin, json={"refuse": {"GET /nowhere": 404}}).status_code == 400
+    assert httpx.post(admin, json={"refuse": {"GET /me": 200}}).status_code == 400
+    assert httpx.post(admin + "/reset").json() == {"refuse": {}, "unknown_ids": "404"}
+    assert api(client, server, "/facilities", fields="id").status_code == 200
+
+
+def test_sizes_are_stated_right_wrong_or_not_at_all(
+    server: FakeServer, client: httpx.Client
+) -> None:
+    subs = list_all(client, server, "/pointclouds", fields="id,kind,filesize")
+    stated = {
+        int(i["id"]): i["attributes"].get("filesize", "absent")
+        for i in subs
+        if i["attributes"]["kind"] == "sub"
+    }
+    model = server.dataset.pointclouds
+    modes = {pc_id: model[pc_id]["stated_size"] for pc_id in stated}
+    for pc_id, value in stated.items():
+        size = model[pc_id]["files"]["cpc"]["size"]
+        expected = {
+            "true": size,
+            "wrong": size + 4_099,
+            "short": max(1, size // 2),
+            "missing": "absent",
+            "null": None,
+        }
+        if modes[pc_id] in expected:
+            assert value == expected[modes[pc_id]]
+        else:
+            assert not (isinstance(value, int) and value > 0)
+    assert list(modes.values()).count("true") >= len(modes) / 2, "half the sizes are right"
+    assert {"wrong", "short", "missing", "null"} <= set(modes.values())
+    sub = next(pc_id for pc_id, mode in modes.items() if mode == "true")
+    resources = api(client, server, f"/pointclouds/{sub}/resources", fields="id,kind,size")
+    by_kind = {
+        r["attributes"]["kind"]: r["attributes"]["size"] for r in resources.json()["result"]["data"]
+    }
+    assert by_kind["mesh"] == model[sub]["files"]["mesh"]["size"]
+    assert by_kind[None] == model[sub]["files"]["cpc"]["size"]
+
+
+def test_a_capture_can_be_moved(tmp_path: Path) -> None:
+    data = generate(profile("test"), tmp_path / "data")
+    with FakeServer(data, token=TOKEN) as srv, httpx.Client(headers={"X-CUPIX-AUTH": TOKEN}) as c:
+        basement = next(lv for lv in srv.dataset.levels.values() if lv["name"] == "Basement")
+        moved = httpx.post(
+            f"{srv.base_url}/_fake/captures/{MAIN}/move", json={"level_id": basement["id"]}
+        )
+        assert moved.status_code == 200
+        item = api(c, srv, f"/captures/{MAIN}", fields="level,updated_at").json()["result"]["data"]
+        assert item["attributes"]["level"] == {"id": basement["id"]}
+        unplaced = httpx.post(f"{srv.base_url}/_fake/captures/{MAIN}/move", json={"level_id": None})
+        assert unplaced.json()["level_id"] is None
+        assert httpx.post(f"{srv.base_url}/_fake/captures/1/move", json={}).status_code == 404
+
+
 # --- auth and fields ---------------------------------------------------------------------------
 
 
@@ -97,7 +235,7 @@ def test_auth_is_required(server: FakeServer) -> None:
     params = {"capture_id": MAIN, "fields": "id"}
     assert httpx.get(url, params=params).status_code == 401
     assert httpx.get(url, params=params, headers={"X-CUPIX-AUTH": "wrong"}).status_code == 401
-    assert "error" in httpx.get(url, params=params).json()
+    assert "token" in httpx.get(url, params=params).json()["result"]["message"]
     assert httpx.get(url, params={**params, "x-cupix-auth": TOKEN}).status_code == 200
     assert httpx.get(url, params=params, headers={"x-cupix-auth": TOKEN}).status_code == 200
     redirect = httpx.get(server.api_url + f"/videos/{BIG_VIDEO}/download")
@@ -130,7 +268,7 @@ def test_tokens_can_be_revoked_and_added(server: FakeServer, client: httpx.Clien
 def test_fields_is_required(server: FakeServer, client: httpx.Client, path: str) -> None:
     r = api(client, server, path, capture_id=MAIN)
     assert r.status_code == 400
-    assert "fields" in r.json()["error"]
+    assert "fields" in r.json()["result"]["message"]
     assert api(client, server, path, capture_id=MAIN, fields=" , ").status_code == 400
 
 
@@ -270,7 +408,7 @@ def test_pointcloud_downloads(server: FakeServer, client: httpx.Client) -> None:
     url = signed_url(client, server, "/pointclouds/7301/download")
     assert client.get(url).content == blob_file(server, "pc-7301-cpc")
     group = api(client, server, "/pointclouds/7300/download")
-    assert group.status_code == 400 and "error" in group.json()
+    assert group.status_code == 400 and "group" in group.json()["result"]["message"]
     assert api(client, server, "/pointclouds/999999/download").status_code == 404
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cupixfs.api.models import Pointcloud, Video
+from cupixfs.api.models import Capture, Facility, Level, Pointcloud, Resource, Video, error_message
 from cupixfs.config.settings import parse_size
 from cupixfs.core.errors import ProtocolError
 from cupixfs.core.redact import redact_url
@@ -146,3 +146,79 @@ def test_block_files_detect_corruption(tmp_path: Path) -> None:
     with open(path, "ab") as f:
         f.write(b"x")
     assert block_file.read(path) is None  # longer than any block file
+
+
+@pytest.mark.parametrize(
+    ("stated", "size"),
+    [
+        (1234, 1234),
+        (None, None),
+        (0, None),
+        (-5, None),
+        (12.5, None),
+        ("1234", None),
+        ("3.63 MB", None),
+        (True, None),
+        ("absent", None),
+    ],
+)
+def test_stated_sizes_are_positive_integers_or_none(stated: object, size: int | None) -> None:
+    attrs: dict[str, object] = {"id": 1, "name": "a.cpc", "kind": "sub"}
+    if stated != "absent":
+        attrs["filesize"] = stated
+    assert Pointcloud.from_item({"id": "1", "attributes": attrs}).filesize == size
+    resource = {"id": "2", "attributes": {"name": "m.zip", "kind": "mesh"}}
+    if stated != "absent":
+        resource["attributes"]["size"] = stated  # type: ignore[index]
+    assert Resource.from_item(resource).size == size
+
+
+def test_a_pointcloud_keeps_its_transforms_not_its_meta() -> None:
+    pc = Pointcloud.from_item(
+        {
+            "id": "5",
+            "attributes": {
+                "id": 5,
+                "name": "n",
+                "kind": "sub",
+                "meta": {"prop": {"tm": [1, 0, 0, 0] * 4, "original_file_name": "x"}, "potree": {}},
+            },
+        }
+    )
+    assert pc.tm == (1.0, 0.0, 0.0, 0.0) * 4
+    assert not hasattr(pc, "meta") and not hasattr(pc, "__dict__")  # slotted, no raw dicts
+
+
+def test_captures_projects_and_levels_carry_bare_ids() -> None:
+    capture = Capture.from_item(
+        {
+            "id": "9",
+            "attributes": {
+                "id": 9,
+                "name": "Walk",
+                "facility": {"id": 400},
+                "level": {},
+                "record": {"id": "602"},
+                "captured_at": "2023-11-17T10:00:00.000Z",
+            },
+        }
+    )
+    assert (capture.facility_id, capture.level_id, capture.record_id) == (400, None, 602)
+    assert capture.captured_at is not None and capture.captured_at.day == 17
+    assert Capture.from_item({"id": "3", "attributes": {}}).name == "capture 3"
+    facility = Facility.from_item({"id": "1", "attributes": {"name": "P", "key": "k1"}})
+    assert (facility.id, facility.key, facility.name) == (1, "k1", "P")
+    with pytest.raises(ProtocolError):
+        Facility.from_item({"id": "1", "attributes": {"name": "P"}})  # no key: no levels
+    assert Level.from_item({"id": "20", "attributes": {"name": "L1"}}).name == "L1"
+
+
+def test_the_error_message_of_an_error_body() -> None:
+    vendor = {
+        "result": {"code": 401, "type": "x", "reason": "Unauthorized", "message": "Bad\ttoken"}
+    }
+    assert error_message(vendor) == "Bad token"
+    assert error_message({"result": {"reason": "Forbidden"}}) == "Forbidden"
+    assert error_message({"error": "nope"}) == "nope"
+    assert error_message({"message": "x" * 500}) == "x" * 199 + "…"
+    assert error_message(["no"]) is None and error_message({"result": {}}) is None

@@ -221,6 +221,53 @@ def test_nothing_said_gives_the_documented_defaults() -> None:
     assert (config.timeout, config.listing_ttl) == (30.0, 60.0)
 
 
+def test_the_region_picks_the_api_host_unless_an_api_url_is_said(tmp_path: Path) -> None:
+    def url(*argv: str, profile: str = "") -> str:
+        path = _config(tmp_path, f'default_profile = "p"\n[profiles.p]\n{profile}')
+        said = _mount_args("--config", str(path), *argv)
+        return resolve(Path("/m"), "t", layer(said, cli.profile_of(said)[1])).api_url
+
+    assert url() == "https://api.cupix.works/api/v1"
+    assert url("--region", "eu") == "https://api.cupix-eu.works/api/v1"
+    assert url("--region", "CA") == "https://api.cupix-ca.works/api/v1"
+    assert url("-o", "region=jp") == "https://api.cupix-jp.works/api/v1"
+    assert url(profile='region = "au"\n') == "https://api.cupix-au.works/api/v1"
+    assert url("--region", "sg", profile='region = "au"\n') == "https://api.cupix-sg.works/api/v1"
+    assert url("--region", "eu", "--api-url", "http://h/api/v1") == "http://h/api/v1"
+    assert url("--region", "eu", profile='api_url = "http://p/api/v1"\n') == "http://p/api/v1"
+    with pytest.raises(UsageError, match='region must be one of "us", "eu"'):
+        url(profile='region = "mars"\n')
+    with pytest.raises(UsageError, match="unknown region 'mars'"):
+        mount_options.parse(["region=mars"])
+
+
+def test_a_missing_token_names_the_regions_token_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake_keyring(monkeypatch)
+    monkeypatch.delenv("CUPIX_API_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert cli.main(["mount", str(tmp_path), "--region", "eu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "https://app.cupix-eu.works/settings/api" in err
+
+
+def test_login_names_the_regions_token_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake_keyring(monkeypatch)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(token.getpass, "getpass", lambda prompt: "typed-token")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert cli.main(["login", "--region", "jp"]) == 0
+    assert "https://app.cupix-jp.works/settings/api" in capsys.readouterr().err
+
+
 # -- tokens ----------------------------------------------------------------------------------
 
 
