@@ -59,8 +59,9 @@ FACILITY_FIELDS = "id,key,name,created_at,updated_at"
 LEVEL_FIELDS = "id,name,created_at,updated_at"
 MAX_PAGES = 100_000  # a guard against a server whose next_page never ends
 #: API requests in flight at once, for the whole mount (listing pages, lookups,
-#: download redirects): enough to hide a 100 ms round trip, few enough to be polite.
-MAX_API_REQUESTS = 16
+#: download redirects): enough to hide a 100 ms round trip behind the size probes of a
+#: folder of hundreds of videos (each needs a redirect), few enough to be polite.
+MAX_API_REQUESTS = 32
 #: After a 401/403 the token is looked up again at most this often: a rotated token is
 #: picked up within this long, and a revoked one does not hammer the disk or the keyring.
 TOKEN_REREAD_EVERY = 30.0

@@ -44,7 +44,7 @@ STREAMS_AT_ONCE = 16
 POOL_SIZE = MAX_REQUESTS + PROBES_AT_ONCE + STREAMS_AT_ONCE + 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteStat:
     """What is known of one version of a remote file: its size, ETag, and first bytes.
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteFile:
     """A blob in Cupix storage, reached through an API download endpoint.
 
@@ -28,7 +28,7 @@ class RemoteFile:
     size: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StaticFile:
     """A small document built from API calls (e.g. ``meta.json``), held in memory whole."""
 
@@ -38,7 +38,7 @@ class StaticFile:
     live: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DerivedFile:
     """A file computed from a remote file's bytes as they are read (a member of a zip, a
     LAS view of a PLY).

@@ -16,10 +16,12 @@ version; after that, it fails (EIO) rather than return a mix of two versions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cachetools
 import trio
 
 from cupixfs.core.errors import NotFound, RemoteChanged, Unavailable
@@ -40,14 +42,10 @@ MAX_VERSION_RESTARTS = 3
 #: initial window and double it.
 WHOLE_FILE = MAX_WINDOW
 
+#: Small documents kept whole (their sizes are kept for all of them).
+STATIC_KEPT = 256
 #: What a read returns: a view into a cached block where it can (no copy), else bytes.
 Buffer = bytes | memoryview
-
-
-@dataclass
-class _Static:
-    data: bytes
-    expires: float
 
 
 @dataclass
@@ -56,7 +54,7 @@ class OpenFile:
 
     source: FileSource
     readahead: ReadAhead = field(default_factory=ReadAhead)
-    #: A live document's bytes as of open(), so one handle reads one consistent snapshot.
+    #: A document's bytes as of open(), so one handle reads one consistent snapshot.
     snapshot: bytes | None = None
     #: The remote version this handle reads; a handle never switches versions once it
     #: may have shown bytes of one (from us, or from the kernel's page cache).
@@ -111,7 +109,13 @@ class DataStore:
         self._stat_ttl = stat_ttl
         self._static_ttl = static_ttl
         self._stats: dict[str, tuple[RemoteStat, float]] = {}
-        self._static: dict[str, _Static] = {}
+        #: Small documents (meta.json...): a few kept whole, every one's size remembered,
+        #: so a listing of thousands of them holds their sizes, not their bytes.
+        self._static: cachetools.TTLCache[str, bytes] = cachetools.TTLCache(
+            maxsize=STATIC_KEPT, ttl=static_ttl, timer=trio.current_time
+        )
+        self._static_sizes: dict[str, tuple[int, float]] = {}
+        #: One lock per file while it is being probed (dropped once nobody holds it).
         self._locks: dict[str, trio.Lock] = {}
         self._readahead = readahead or ReadAheadConfig()
         self._budget = trio.Semaphore(self._readahead.budget_blocks)
@@ -147,6 +151,7 @@ class DataStore:
         """
         self._stats.pop(key, None)
         self._static.pop(key, None)
+        self._static_sizes.pop(key, None)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
@@ -162,6 +167,7 @@ class DataStore:
         """
         self._stats = {key: (stat, 0.0) for key, (stat, _expires) in self._stats.items()}
         self._static.clear()
+        self._static_sizes.clear()
 
     @property
     def in_flight(self) -> int:
@@ -170,7 +176,11 @@ class DataStore:
 
     def table_sizes(self) -> dict[str, int]:
         """Entries of the per-file tables (for the status counters)."""
-        return {"store_stats": len(self._stats), "store_static": len(self._static)}
+        return {
+            "store_stats": len(self._stats),
+            "store_static": len(self._static_sizes),
+            "store_locks": len(self._locks),
+        }
 
     # -- sizes -------------------------------------------------------------
 
@@ -178,6 +188,9 @@ class DataStore:
         if isinstance(source, DerivedFile):
             return await self._derived().size(source)
         if isinstance(source, StaticFile):
+            known = self._static_sizes.get(source.key)
+            if known is not None and known[1] > trio.current_time() and not source.live:
+                return known[0]
             return len(await self._load_static(source))
         return (await self._remote_stat(source)).size
 
@@ -190,8 +203,7 @@ class DataStore:
         cached = self._stats.get(source.key)
         if cached is not None and cached[1] > trio.current_time():
             return cached[0]
-        lock = self._locks.setdefault(source.key, trio.Lock())
-        async with lock:  # one probe per file, however many ask at once
+        async with self._lock(source.key):  # one probe per file, however many ask at once
             cached = self._stats.get(source.key)
             if cached is not None and cached[1] > trio.current_time():
                 return cached[0]
@@ -251,8 +263,7 @@ class DataStore:
         begin anywhere (unzip reads a zip's end first, at the size it was shown): it
         must be shown the true size before it reads, as on a local disk.
         """
-        lock = self._locks.setdefault(source.key, trio.Lock())
-        async with lock:
+        async with self._lock(source.key):
             current = self._stats.get(source.key)
             if current is not None and not current[0].stated:
                 return current[0]  # confirmed meanwhile
@@ -264,6 +275,18 @@ class DataStore:
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
 
+    @asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        """The lock of *key* held; it is dropped when the last task waiting on it is done
+        with it, so only files being probed right now have one."""
+        lock = self._locks.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(key, None)
+
     def _changed(self, source: RemoteFile, old: RemoteStat) -> None:
         log.info("%s changed remotely (new version); dropping its cached blocks", source.key)
         self._blocks.drop_version(_version(source, old))
@@ -273,11 +296,11 @@ class DataStore:
     async def _load_static(self, source: StaticFile) -> bytes:
         if source.live:
             return await source.load()
-        entry = self._static.get(source.key)
-        if entry is not None and entry.expires > trio.current_time():
-            return entry.data
-        data = await source.load()
-        self._static[source.key] = _Static(data, trio.current_time() + self._static_ttl)
+        data = self._static.get(source.key)
+        if data is None:
+            data = await source.load()
+            self._static[source.key] = data
+            self._static_sizes[source.key] = (len(data), trio.current_time() + self._static_ttl)
         return data
 
     # -- bytes -------------------------------------------------------------
@@ -297,8 +320,8 @@ class DataStore:
         handle = OpenFile(
             source, ReadAhead(initial=config.initial, maximum=config.maximum), push=push
         )
-        if isinstance(source, StaticFile) and source.live:
-            handle.snapshot = await source.load()
+        if isinstance(source, StaticFile):  # one handle reads one consistent document
+            handle.snapshot = await self._load_static(source)
         elif isinstance(source, RemoteFile):
             stat = await self._remote_stat(source)
             if stat.stated:

@@ -15,6 +15,7 @@ from datetime import datetime
 import trio
 
 from cupixfs.core.errors import AuthError, CupixError, NotFound, unwrap
+from cupixfs.data.fetch import PROBES_AT_ONCE
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.fs.pagecache import KernelCache
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Inodes dropped between two returns of freed memory to the system (`give_back`).
 GIVE_BACK_AFTER = 4096
-#: Size probes in flight for one listing (``ls -l`` must not stat files one by one).
-PROBES_AT_ONCE = 16
 
 
 @dataclass(frozen=True)
@@ -181,6 +180,8 @@ class Vfs:
         nodes = [(name, child, self.namespace.node(child)) for name, child in entries]
         sizes: dict[int, int | None] = {}
         errors: list[BaseException] = []
+        # Sizes are learnt at once, as far as the data layer's own bound on probes (and
+        # the API's on redirects) allows: ``ls -l`` must not stat files one by one.
         limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
 
         async def probe(child: int, source: FileSource) -> None:
