@@ -296,12 +296,14 @@ class RangeFetcher:
             log.debug("body interrupted after %d bytes: %s", body.size, type(exc).__name__)
 
     async def _read_body(self, response: httpx.Response, limit: int) -> bytes:
-        """Up to *limit* bytes of the body (the rest, if any, is dropped with the connection)."""
+        """Up to *limit* bytes of the body. A body no longer than that is read to its end,
+        so its connection goes back to the pool (a probe of each of 500 videos must not
+        cost 500 connections); a longer one (storage ignored the range) is cut off."""
         buf = bytearray()
         try:
             async for chunk in response.aiter_raw():
                 buf += chunk
-                if len(buf) >= limit:
+                if len(buf) > limit:
                     break
         except httpx.TransportError:
             pass

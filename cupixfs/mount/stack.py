@@ -16,7 +16,7 @@ import httpx
 import trio
 
 from cupixfs import __version__
-from cupixfs.api.client import CupixClient
+from cupixfs.api.client import MAX_API_REQUESTS, CupixClient
 from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config.settings import MountConfig
 from cupixfs.core import cache_format
@@ -38,6 +38,10 @@ from cupixfs.views.notes import Notes
 log = logging.getLogger(__name__)
 
 PERSISTED_STAT_TTL = 24 * 3600.0
+#: The API pool keeps a connection for every request that may be in flight at once.
+API_LIMITS = httpx.Limits(
+    max_connections=MAX_API_REQUESTS, max_keepalive_connections=MAX_API_REQUESTS
+)
 #: At unmount, how long the blocks still on their way to the disk cache may take.
 DRAIN_TIMEOUT = 10.0
 
@@ -123,7 +127,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     # the latter with a synchronous twin for long bodies read in worker threads.
     blob_sync = storage_sync_client(timeout, headers, STREAMS_AT_ONCE + 4)
     async with (
-        httpx.AsyncClient(timeout=timeout, headers=headers) as api_http,
+        httpx.AsyncClient(timeout=timeout, headers=headers, limits=API_LIMITS) as api_http,
         storage_client(timeout, headers, POOL_SIZE) as blob_http,
         _closing(blob_sync),
         trio.open_nursery() as background,
