@@ -31,11 +31,7 @@ class ResponseCache:
         self.enabled = True
 
     def open(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            log.debug("API response cache disabled (%s)", exc.strerror)
-            self.enabled = False
+        self.enabled = layout.make_private_dir(self.root, "API response cache")
 
     def _path(self, path: str, params: dict[str, Any]) -> Path:
         query = sorted((k, str(v)) for k, v in params.items() if k not in _PAGING)

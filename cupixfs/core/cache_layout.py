@@ -25,6 +25,11 @@ cache directory written in another one.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BLOCKS = "blocks"
 STATS = "stats"
@@ -46,6 +51,18 @@ CONTENTS = (BLOCKS, STATS, DERIVED, API, LAST_MOUNT)
 FORMAT_FILE = "cache-format.json"
 #: ``old-format-<N>``: where a cache of format N was set aside.
 SET_ASIDE_PREFIX = "old-format-"
+
+
+def make_private_dir(path: Path, what: str) -> bool:
+    """Create *path* (0700, even if it existed); False, with a debug line, when it cannot
+    be (the part of the cache that lives there is then off for this mount)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        log.debug("%s disabled (%s)", what, exc.strerror)
+        return False
+    return True
 
 
 def set_aside_dir(format: int | None) -> str:

@@ -36,12 +36,7 @@ class StatCache:
         self.offline = False
 
     def open(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.root, 0o700)
-        except OSError as exc:
-            log.debug("stat cache disabled (%s)", exc.strerror)
-            self.enabled = False
+        self.enabled = layout.make_private_dir(self.root, "stat cache")
 
     def _path(self, key: str) -> Path:
         return self.root / layout.stat_file(key)

@@ -103,9 +103,27 @@ class _Shared(Generic[T]):
             event.set()
 
 
-class _PointcloudXattrs(Mapping[str, str]):
-    """A pointcloud entry's extended attributes, read from its record when asked (they are
-    asked rarely, and a copy per file would cost more than the rest of the entry)."""
+class _LazyXattrs(Mapping[str, str]):
+    """Extended attributes read from an entry's record when asked (they are asked rarely,
+    and a copy per file would cost more than the rest of the entry)."""
+
+    __slots__ = ()
+
+    def _all(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+class _PointcloudXattrs(_LazyXattrs):
+    """A pointcloud entry's extended attributes."""
 
     __slots__ = ("_kind", "_pc")
 
@@ -128,18 +146,9 @@ class _PointcloudXattrs(Mapping[str, str]):
             "wtm": _matrix_text(pc.wtm),
         }
 
-    def __getitem__(self, key: str) -> str:
-        return self._all()[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-class _VideoXattrs(Mapping[str, str]):
-    """A video's extended attributes, read from its record when asked."""
+class _VideoXattrs(_LazyXattrs):
+    """A video's extended attributes."""
 
     __slots__ = ("_video",)
 
@@ -156,15 +165,6 @@ class _VideoXattrs(Mapping[str, str]):
             "created_at": _iso(video.created_at),
             "updated_at": _iso(video.updated_at),
         }
-
-    def __getitem__(self, key: str) -> str:
-        return self._all()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
 
 
 class Tree:

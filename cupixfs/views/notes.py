@@ -32,12 +32,7 @@ class Notes:
         self.enabled = True
 
     def open(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.root, 0o700)
-        except OSError as exc:
-            log.debug("derived notes disabled (%s)", exc.strerror)
-            self.enabled = False
+        self.enabled = layout.make_private_dir(self.root, "derived notes")
 
     def _path(self, key: str, kind: str) -> Path:
         return self.root / layout.derived_file(key, kind)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cupixfs.api.client import MAX_API_REQUESTS
 from cupixfs.fake.server import FakeServer
 from cupixfs.namespace.names import assign_names
 from tests.conftest import Mount
@@ -47,7 +48,7 @@ def test_a_listing_of_many_pages_is_complete_and_in_order_under_429_and_503(
     faults = stats["faults_injected"]
     assert faults.get("api_429", 0) > 0 and faults.get("api_500", 0) + faults.get("api_503", 0) > 0
     assert in_flight > 1  # pages at once...
-    assert stats["api_in_flight_max"] <= 16  # ...within the mount's bound
+    assert stats["api_in_flight_max"] <= MAX_API_REQUESTS  # ...within the mount's bound
 
 
 def _status(mount: Mount) -> dict[str, Any]:
