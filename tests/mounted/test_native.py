@@ -142,6 +142,7 @@ def test_mount_t_fuse_cupixfs_runs_the_helper(
         f"token_file={token},api_url={fake.api_url},cache_dir={tmp_path / 'cache'},"
         f"log_file={log},capture={SINGLE}"
     )
+    fake.api.configure(refuse={"GET /captures": 403})  # /captures then shows just the pins
     result = _run(["mount", "-t", "fuse.cupixfs", "cupixfs", str(mountpoint), "-o", options])
     assert result.returncode == 0, result.stderr + (log.read_text() if log.exists() else "")
     assert os.path.ismount(mountpoint)  # ready as soon as mount(8) returns
@@ -191,6 +192,7 @@ def test_the_fstab_source_names_a_config_profile(
     )
     fstab = tmp_path / "fstab"
     fstab.write_text(f"site-a {mountpoint} fuse.cupixfs config={config},_netdev,noauto 0 0\n")
+    fake.api.configure(refuse={"GET /captures": 403})  # /captures then shows just the pins
     result = _run(["mount", "--fstab", str(fstab), str(mountpoint)])
     assert result.returncode == 0, result.stderr + (log.read_text() if log.exists() else "")
     assert sorted(os.listdir(mountpoint / "captures")) == [str(MAIN), str(SINGLE)]
