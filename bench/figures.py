@@ -624,6 +624,7 @@ def zip_member(ctx: Context) -> Row:
             picks.append((pick, zf.read(pick)))
     mesh_dir = Path(blob.mount_path).parent / "mesh"
     moved: dict[str, int] = {}
+    ranges: dict[str, list[list[int]]] = {}
     try:
         for info, expected in picks:
             with ctx.cupixfs("zip_member") as mount:
@@ -636,6 +637,7 @@ def zip_member(ctx: Context) -> Row:
                 raise BenchError(f"{info.filename}: the mount's bytes differ from the archive's")
             kind = "stored" if info.compress_type == zipfile.ZIP_STORED else "deflated"
             moved[kind] = int(stats["blob_bytes"])
+            ranges[kind] = [r[1:] for r in stats.get("blob_ranges", [])]
             row.notes.append(
                 f"{kind} {info.filename} ({info.file_size / 1024:.0f} KiB,"
                 f" {info.compress_size / 1024:.0f} KiB in the archive): {_mib([moved[kind]])}"
@@ -645,7 +647,7 @@ def zip_member(ctx: Context) -> Row:
         _cleanup(ctx.work / "zip_member")
     row.value = max(moved.values()) / MiB
     row.passed = row.value <= 2
-    row.details = {"blob_bytes": moved, "archive_bytes": blob.size}
+    row.details = {"blob_bytes": moved, "archive_bytes": blob.size, "ranges": ranges}
     return row
 
 

@@ -340,7 +340,15 @@ class DataStore:
             handle.stream.close()
             handle.stream = None
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
+    async def read(self, handle: OpenFile, offset: int, size: int, exact: bool = False) -> Buffer:
+        """*size* bytes at *offset* of the handle's version.
+
+        *exact* is for a view's small reads at scattered places (a zip's central
+        directory, one small member): blocks already held serve them as usual, but
+        missing bytes are fetched as exactly this range, with no read-ahead, and not
+        kept as blocks. Rounding such a read up to whole blocks would move up to a
+        block (1 MiB) for a few KiB.
+        """
         source = handle.source
         if isinstance(source, DerivedFile):
             return await self._derived().read(handle, offset, size)
@@ -362,7 +370,10 @@ class DataStore:
                 handle.version = version  # nothing shown yet (or only its size was new)
                 self.release(handle)
             try:
-                data = await self._read_remote(handle, source, stat, offset, size)
+                if exact:
+                    data = await self._read_exact(source, stat, offset, size)
+                else:
+                    data = await self._read_remote(handle, source, stat, offset, size)
             except RemoteChanged as exc:
                 log.info("%s; dropping the old version", exc)
                 self._stats.pop(source.key, None)
@@ -386,7 +397,6 @@ class DataStore:
         end = min(offset + size, stat.size)
         if offset >= end:
             return b""
-        bs = self._blocks.block_size
         version = _version(source, stat)
         window = handle.readahead.observe(offset, end - offset)
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
@@ -404,6 +414,30 @@ class DataStore:
             self.release(handle)
         if end <= len(stat.head):
             return stat.head[offset:end]
+        return await self._from_blocks(source, stat, offset, end)
+
+    async def _read_exact(
+        self, source: RemoteFile, stat: RemoteStat, offset: int, size: int
+    ) -> Buffer:
+        end = min(offset + size, stat.size)
+        if offset >= end:
+            return b""
+        if end <= len(stat.head):
+            return stat.head[offset:end]
+        bs = self._blocks.block_size
+        version = _version(source, stat)
+        blocks = range(offset // bs, (end - 1) // bs + 1)
+        held = self._blocks.is_known, self._blocks.on_disk
+        if all(any(has(version, i) for has in held) for i in blocks):
+            return await self._from_blocks(source, stat, offset, end)
+        fetched = await self._fetcher.fetch(source, offset, end, stat.etag, end - offset)
+        return fetched.pieces[0] if len(fetched.pieces) == 1 else b"".join(fetched.pieces)
+
+    async def _from_blocks(
+        self, source: RemoteFile, stat: RemoteStat, offset: int, end: int
+    ) -> Buffer:
+        """Bytes ``[offset, end)`` from the block cache, fetching missing blocks."""
+        bs = self._blocks.block_size
 
         async def fetch_run(run_first: int, run_last: int) -> list[bytes]:
             start = run_first * bs
@@ -411,7 +445,7 @@ class DataStore:
             return (await self._fetcher.fetch(source, start, stop, stat.etag, bs)).pieces
 
         first, last = offset // bs, (end - 1) // bs
-        blocks = await self._blocks.get(version, first, last, fetch_run)
+        blocks = await self._blocks.get(_version(source, stat), first, last, fetch_run)
         skip = offset - first * bs
         if len(blocks) == 1:
             return memoryview(blocks[0])[skip : skip + (end - offset)]

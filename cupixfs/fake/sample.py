@@ -647,6 +647,13 @@ def _hostile_members(rng: random.Random, vocabulary: list[str]) -> list[_Member]
             local_extra=struct.pack("<HHBii", 0x5455, 9, 3, stamp, stamp),
             central_extra=struct.pack("<HHBi", 0x5455, 5, 1, stamp),
         ),
+        # A local header padded as zipalign pads them (extra field 0xD935): 4 KiB more
+        # than the central directory says, so a reader must use the local lengths.
+        _Member.of(
+            "padded_local.txt",
+            b"data behind a 4 KiB local extra field\n",
+            local_extra=struct.pack("<HH", 0xD935, 4092) + bytes(4092),
+        ),
         _Member(b"secret.txt", secret, 200, 0x12345678, flags=0x0001),
         _Member(b"packed.txt", bz, 900, zlib.crc32(b"packed with bzip2\n" * 50), method=12),
         _Member(

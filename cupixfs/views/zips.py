@@ -1,12 +1,14 @@
 """The members of a remote zip archive as files, read through the data layer.
 
-The archive's table of contents comes from its central directory, read with
-`DataStore.read` like any other bytes (for a 256 MiB archive of 2000 members: the
-probe's 64 KiB and the last block or two, as ``unzip -l`` through the mount). One index
-is kept per archive version.
+The archive's table of contents comes from its central directory, read with exact
+`DataStore.read`s (for a 256 MiB archive of 2000 members: the probe's 64 KiB, then its
+last 64 KiB and the directory, about 200 KiB, where whole blocks would be 1 MiB more).
+One index is kept per archive version.
 
-A stored member is a byte range of the archive: a read is one `DataStore.read`, and
-the archive handle's read-ahead stops at the member's end. A deflated member is
+A member of at most `SMALL_MEMBER` bytes in the archive is fetched at its open as one
+exact range with its local header, and kept in memory: one small request, not a block.
+A bigger stored member is a byte range of the archive, read through the blocks: the
+archive handle's read-ahead stops at the member's end. A deflated member is
 inflated as it is read, into 1 MiB blocks kept in a memory LRU (bounded in bytes).
 A sequential reader keeps one inflater going from block to block. For random reads,
 the inflater's state is copied (``zlib`` ``Decompress.copy()``: its 32 KiB window and
@@ -55,6 +57,13 @@ STREAMS_KEPT = 16
 STARTS_KEPT = 4096
 #: A member read retries this often when the archive changed before it showed a byte.
 REOPENS = 2
+#: A member this small in the archive is fetched as its own byte range, with its local
+#: header, in one request, and kept in memory; a bigger one is read through the blocks.
+SMALL_MEMBER = 1 << 20
+#: Bytes fetched past a small member's local header for its name and extra field.
+LOCAL_SLACK = 1024
+#: Key (in place of a block number) of a small member's bytes as stored in the archive.
+RAW = -1
 
 
 @dataclass
@@ -170,17 +179,19 @@ class ZipViews:
         size = await self._store.size(archive)
         try:
             tail_start = max(0, size - zipindex.TAIL_SIZE - 56)
-            tail = bytes(await self._read(base, tail_start, size - tail_start))
+            # Exact ranges: the directory of a 256 MiB archive is a few hundred KiB at
+            # its end, and its last blocks would be about 1 MiB more.
+            tail = bytes(await self._read(base, tail_start, size - tail_start, exact=True))
             end, end64_at = zipindex.find_end(tail, tail_start)
             if end64_at is not None:
-                record = bytes(await self._read(base, end64_at, 56))
+                record = bytes(await self._read(base, end64_at, 56, exact=True))
                 end = zipindex.parse_end64(record, end64_at, end64_at)
             if end.cd_offset + end.cd_size > size:
                 raise ProtocolError("the central directory lies past the end of the file")
             if end.cd_offset >= tail_start:
                 cd = tail[end.cd_offset - tail_start : end.cd_offset - tail_start + end.cd_size]
             else:
-                cd = bytes(await self._read(base, end.cd_offset, end.cd_size))
+                cd = bytes(await self._read(base, end.cd_offset, end.cd_size, exact=True))
             if end.cd_size > INLINE_LIMIT:
                 index = await trio.to_thread.run_sync(zipindex.parse_central, cd, end)
             else:
@@ -198,8 +209,8 @@ class ZipViews:
             )
         return index
 
-    async def _read(self, base: OpenFile, offset: int, size: int) -> Buffer:
-        data = await self._store.read(base, offset, size)
+    async def _read(self, base: OpenFile, offset: int, size: int, exact: bool = False) -> Buffer:
+        data = await self._store.read(base, offset, size, exact=exact)
         if len(data) != size:
             raise ProtocolError(f"the archive ends at {offset + len(data)}, before {offset + size}")
         return data
@@ -241,15 +252,46 @@ class ZipViews:
         raise AssertionError("unreachable")
 
     async def _data_start(self, base: OpenFile, index: Index, member: Member) -> int:
+        """Where *member*'s data starts (its local header says). A small member's data
+        comes with its header in one exact read and is kept, so opening and reading it
+        costs one request of about its own size."""
         key = (base.version or "", member.entry)
         start = self._starts.get(key)
-        if start is None:
-            local = bytes(await self._read(base, member.header_offset, zipindex.LOCAL.size))
-            start = zipindex.data_start(local, member)
-            if start + member.compressed_size > index.cd_offset:
-                raise ProtocolError(f"zip member {member.name!r} overlaps the central directory")
-            self._starts[key] = start
+        if start is not None:
+            return start
+        small = member.compressed_size <= SMALL_MEMBER
+        ask = zipindex.LOCAL.size
+        if small:
+            ask += LOCAL_SLACK + member.compressed_size
+        ask = max(zipindex.LOCAL.size, min(ask, index.cd_offset - member.header_offset))
+        head = await self._read(base, member.header_offset, ask, exact=True)
+        start = zipindex.data_start(bytes(head[: zipindex.LOCAL.size]), member)
+        if start + member.compressed_size > index.cd_offset:
+            raise ProtocolError(f"zip member {member.name!r} overlaps the central directory")
+        self._starts[key] = start
+        if small:
+            skip = start - member.header_offset
+            raw = bytes(head[skip : skip + member.compressed_size])
+            if len(raw) < member.compressed_size:  # a long name or extra field
+                rest = await self._read(
+                    base, start + len(raw), member.compressed_size - len(raw), exact=True
+                )
+                raw += bytes(rest)
+            self._inflated[(*key, RAW)] = raw
         return start
+
+    async def _compressed(self, handle: MemberHandle, offset: int, size: int) -> Buffer:
+        """*size* bytes at *offset* of the member's data as stored in the archive."""
+        member, base = handle.member, handle.base
+        assert member is not None and base is not None
+        if member.compressed_size > SMALL_MEMBER:
+            return await self._read(base, handle.start + offset, size)
+        key = (base.version or "", member.entry, RAW)
+        raw = self._inflated.get(key)
+        if raw is None:  # dropped from memory since the open
+            raw = bytes(await self._read(base, handle.start, member.compressed_size, exact=True))
+            self._inflated[key] = raw
+        return memoryview(raw)[offset : offset + size]
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         assert isinstance(handle, MemberHandle)
@@ -277,7 +319,7 @@ class ZipViews:
         if offset >= end:
             return b""
         if member.method == STORED:
-            return await self._read(base, handle.start + offset, end - offset)
+            return await self._compressed(handle, offset, end - offset)
         first, last = offset // INFLATED_BLOCK, (end - 1) // INFLATED_BLOCK
         blocks = [await self._inflated_block(handle, index) for index in range(first, last + 1)]
         skip = offset - first * INFLATED_BLOCK
@@ -351,8 +393,8 @@ class ZipViews:
                     left = member.compressed_size - cursor.consumed
                     if left <= 0:
                         raise ProtocolError("its compressed data ends before its stated size")
-                    cursor.pending = await self._read(
-                        base, handle.start + cursor.consumed, min(COMPRESSED_CHUNK, left)
+                    cursor.pending = await self._compressed(
+                        handle, cursor.consumed, min(COMPRESSED_CHUNK, left)
                     )
                 need = want - got
                 if need > INLINE_LIMIT:

@@ -245,3 +245,30 @@ def test_a_stream_that_failed_is_replaced_not_waited_on(
             assert got == expected[20 * MiB : 21 * MiB]
 
     trio.run(main)
+
+
+def test_an_exact_read_fetches_just_its_bytes_unless_their_blocks_are_held(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    video = videos(server)[1]
+    expected = blob_bytes(server, video)
+    blob_id = video["file"]["blob_id"]
+    spot, length = 3 * MiB + 1000, 5000
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            handle = await _open(stack, capture_id, video, None)
+            server.stats.reset()
+            got = await stack.data.read(handle, spot, length, exact=True)
+            assert bytes(got) == expected[spot : spot + length]
+            assert server.stats.snapshot()["blob_ranges"] == [[blob_id, spot, spot + length - 1]]
+            # Not kept as a block: a plain read of the same place fetches its block.
+            await stack.data.read(handle, spot, length)
+            server.stats.reset()
+            # Now the block is held: an exact read inside it moves nothing.
+            got = await stack.data.read(handle, spot + 10, 100, exact=True)
+            assert bytes(got) == expected[spot + 10 : spot + 110]
+            assert server.stats.snapshot()["blob_ranges"] == []
+            stack.data.release(handle)
+
+    trio.run(main)

@@ -202,7 +202,7 @@ class _Store:
     async def size(self, source: RemoteFile) -> int:
         return len(self.data)
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, handle: OpenFile, offset: int, size: int, exact: bool = False) -> bytes:
         self.read_bytes += size
         return self.data[offset : offset + size]
 
