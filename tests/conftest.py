@@ -7,6 +7,7 @@ Fixtures own setup and teardown: no test leaves a mount or a server behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +66,10 @@ class Mount:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        """The mount's ``/.cupixfs/status`` document."""
+        return dict(json.loads((self.path / ".cupixfs" / "status").read_text()))
 
 
 def wait_for_mount(path: Path, process: subprocess.Popen[bytes] | None, log: Path) -> None:

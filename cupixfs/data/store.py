@@ -449,7 +449,7 @@ class DataStore:
         skip = offset - first * bs
         if len(blocks) == 1:
             return memoryview(blocks[0])[skip : skip + (end - offset)]
-        return b"".join(blocks)[skip : skip + (end - offset)]
+        return memoryview(b"".join(blocks))[skip : skip + (end - offset)]
 
     def _start_stream(
         self,

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 #: Threads reading one run of blocks off the disk cache at once.
 LANES = 3
-#: Writes a block into the kernel's page cache at a byte offset (runs in a worker thread).
-Push = Callable[[int, bytes], None]
+#: Writes bytes into the kernel's page cache at a byte offset (runs in a worker thread).
+#: Any contiguous buffer will do: ``notify_store`` copies it into the kernel's pages.
+Push = Callable[[int, bytes | memoryview], None]
 
 
 @dataclass

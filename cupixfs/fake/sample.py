@@ -384,7 +384,7 @@ def _test() -> SampleSpec:
             RecordSpec(
                 record,
                 (
-                    SubSpec(150_001, None, 90_001, ply_layout="big_double", stated_size="wrong"),
+                    SubSpec(150_001, None, 300_001, ply_layout="big_double", stated_size="wrong"),
                     SubSpec(77_777, MeshSpec(7, 2_900_037, hostile=True), stated_size="missing"),
                 ),
                 tm=_rot_z(-45, 5.0, 5.0, 0.0),

@@ -58,12 +58,14 @@ class KernelCache:
         epoch = self._epochs.setdefault(inode, object())
         return functools.partial(self._push, inode, epoch)
 
-    def _push(self, inode: int, epoch: object, offset: int, data: bytes) -> None:
+    def _push(self, inode: int, epoch: object, offset: int, data: bytes | memoryview) -> None:
         with self._lock:
             if not self.enabled or self._epochs.get(inode) is not epoch:
                 return  # the file changed since: these bytes must not reach the kernel
             try:
-                pyfuse3.notify_store(pyfuse3.InodeT(inode), offset, data)
+                # Typed as bytes, but it takes any contiguous buffer (PyObject_GetBuffer):
+                # a memoryview of converted points is pushed without a copy here.
+                pyfuse3.notify_store(pyfuse3.InodeT(inode), offset, data)  # type: ignore[arg-type]
             except OSError as exc:
                 if exc.errno == errno.ENOSYS:
                     log.info("the kernel cannot take pushed pages; reads go through FUSE")

@@ -82,13 +82,28 @@ def _quantize(values: np.ndarray, offset: float) -> np.ndarray:
     Monotonic in *v* (for numbers), which is what lets `bounds` quantize only the least
     and greatest coordinate. Computed in place on one float64 copy.
     """
+    return _stored(values, offset)[0]
+
+
+def _stored(values: np.ndarray, offset: float) -> tuple[np.ndarray, int, int]:
+    """`_quantize`, and the least and greatest result (0, 0 for no values).
+
+    The extremes are needed anyway (for the bounds), and they tell at once whether any
+    value is NaN, infinite or out of range: when none is, as in any sane point cloud,
+    the four passes of clamping are skipped.
+    """
     scaled = values.astype(np.float64)
     np.subtract(scaled, offset, out=scaled)
     np.divide(scaled, SCALE, out=scaled)
     np.rint(scaled, out=scaled)
-    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=_INT32.max, neginf=_INT32.min)
-    np.clip(scaled, _INT32.min, _INT32.max, out=scaled)
-    return scaled
+    if len(scaled) == 0:
+        return scaled, 0, 0
+    low, high = scaled.min(), scaled.max()  # NaN if any value is NaN
+    if not (_INT32.min <= low and high <= _INT32.max):
+        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=_INT32.max, neginf=_INT32.min)
+        np.clip(scaled, _INT32.min, _INT32.max, out=scaled)
+        low, high = scaled.min(), scaled.max()
+    return scaled, int(low), int(high)
 
 
 def _vertices(data: bytes | memoryview, layout: PlyLayout) -> np.ndarray:
@@ -129,15 +144,30 @@ def points(
     data: bytes | memoryview, layout: PlyLayout, offsets: tuple[float, float, float]
 ) -> memoryview:
     """The LAS records of the whole vertices in *data* (a view of a new array: no copy)."""
+    return points_and_bounds(data, layout, offsets)[0]
+
+
+def points_and_bounds(
+    data: bytes | memoryview, layout: PlyLayout, offsets: tuple[float, float, float]
+) -> tuple[memoryview, Bounds | None]:
+    """`points`, and the `bounds` of the same vertices taken from the stored integers on
+    the way (cheaper than a separate `bounds`: those arrays are contiguous)."""
     vertices = _vertices(data, layout)
     out = np.zeros(len(vertices), POINT_DTYPE)
+    lows, highs = [], []
     for axis, field, offset in zip("xyz", "XYZ", offsets, strict=True):
-        out[field] = _quantize(vertices[axis], offset).astype("<i4")  # integral already
+        stored, low, high = _stored(vertices[axis], offset)
+        lows.append(low)
+        highs.append(high)
+        np.copyto(out[field], stored, casting="unsafe")  # integral already
     out["flags"] = _RETURN_ONE_OF_ONE
     if layout.has_colour:
         for colour in ("red", "green", "blue"):
             out[colour] = vertices[colour].astype(np.uint16) * 257
-    return out.view(np.uint8).data
+    box: Bounds | None = None
+    if len(vertices):
+        box = (lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2])
+    return out.view(np.uint8).data, box
 
 
 def header(

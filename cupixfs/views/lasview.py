@@ -4,7 +4,9 @@ Its size needs only the PLY's header (vertex count), which the data layer's size
 already holds. A read of points maps to one read of the PLY's vertex records through
 the block cache, converted by numpy (in a worker thread past a few thousand points).
 The LAS header needs the bounding box of every point: the first read of it makes one
-streaming pass over the PLY, shared by every reader of that version, and the result
+streaming pass over the PLY, shared by every reader of that version. The pass converts
+the points it reads and pushes them into the kernel's page cache, so a reader from the
+start (the usual one) does not pay for a second pass. The box
 is kept in the cache directory (`cupixfs.views.notes`) with the PLY's header, so a
 remount neither repeats the pass nor reads the PLY to answer ``ls -l``.
 """
@@ -31,8 +33,11 @@ from cupixfs.views.sources import LasView
 log = logging.getLogger(__name__)
 
 NOTE_KIND = "las"
-#: The bounding-box pass reads the PLY in pieces of this size.
-PASS_CHUNK = 8 << 20
+#: The bounding-box pass goes through the LAS in pieces of this size (of LAS bytes).
+PASS_PIECE = 16 << 20
+#: The pass pushes the points it converts into the kernel's page cache up to this far
+#: into the LAS (the pages are the kernel's to keep or drop, not this process's memory).
+PASS_PUSH = 512 << 20
 #: Converting more points than this at once goes to a worker thread.
 INLINE_POINTS = 4096
 #: A sequential reader's points are converted and pushed into the kernel's page cache
@@ -187,8 +192,15 @@ class LasViews:
         if self._notes is not None:
             await self._notes.save(ply.key, NOTE_KIND, version, found.note())
 
-    async def _box(self, base: OpenFile, found: _Las) -> las.Bounds:
-        """The stored bounding box of every point: one streaming pass, made once per version."""
+    async def _box(self, base: OpenFile, found: _Las, reader: LasHandle | None) -> las.Bounds:
+        """The stored bounding box of every point: one streaming pass, made once per version.
+
+        The pass reads every vertex, which is what converting them takes too: so it
+        converts those past `PUSH_GAP` and pushes them into the page cache of *reader*'s
+        file (up to `PASS_PUSH`). A reader that started at the header (cp, dd, PDAL) then
+        finds its next reads answered by the kernel, instead of reading and converting
+        the PLY a second time once the header is out.
+        """
         if found.box is not None:
             return found.box
         version = base.version or ""
@@ -203,15 +215,28 @@ class LasViews:
                 if handle.version is None or not same_version(version, handle.version):
                     raise RemoteChanged(f"{ply.key} changed remotely")
                 layout = found.layout
-                step = max(1, PASS_CHUNK // layout.stride)
+                total = las.las_size(layout.count)
+                push = reader.push if reader is not None and not reader.closed else None
+                pushed = 0
                 box: las.Bounds | None = None
-                for first in range(0, layout.count, step):
-                    count = min(step, layout.count - first)
-                    data = await self._read_vertices(handle, layout, first, count)
-                    part = await trio.to_thread.run_sync(las.bounds, data, layout, found.offsets)
+                # The first piece ends where pushing starts; the others are whole pieces.
+                starts = [0, *range(PUSH_GAP, total, PASS_PIECE)]
+                for start, stop in zip(starts, [*starts[1:], total], strict=True):
+                    stop = min(stop, total)
+                    low = max(0, start - las.HEADER_SIZE) // las.POINT_SIZE
+                    high = -(-(stop - las.HEADER_SIZE) // las.POINT_SIZE)
+                    data = await self._read_vertices(handle, layout, low, high - low)
+                    into = push if start >= PUSH_GAP and stop <= PASS_PUSH else None
+                    part = await trio.to_thread.run_sync(
+                        self._pass_piece, data, found, start, stop, into
+                    )
                     box = las.merge(box, part)
+                    if into is not None:
+                        pushed = stop
             finally:
                 self._store.release(handle)
+            if reader is not None and pushed:
+                reader.pushed = max(reader.pushed, pushed)
             found.box = box or las.EMPTY
             self.passes += 1
             log.info(
@@ -222,6 +247,19 @@ class LasViews:
             )
             await self._save(ply, version, found)
             return found.box
+
+    @staticmethod
+    def _pass_piece(
+        data: Buffer, found: _Las, start: int, stop: int, push: Push | None
+    ) -> las.Bounds | None:
+        """The bounds of the vertices of LAS bytes ``[start, stop)``; with *push*, those
+        bytes converted and pushed too (in a worker thread: pushing may wait)."""
+        if push is None:
+            return las.bounds(data, found.layout, found.offsets)
+        records, part = las.points_and_bounds(data, found.layout, found.offsets)
+        skip = (start - las.HEADER_SIZE) % las.POINT_SIZE  # into the first vertex's record
+        push(start, records[skip : skip + (stop - start)])  # no copy: the kernel copies
+        return part
 
     # -- the DerivedFiles side ---------------------------------------------------------
 
@@ -306,7 +344,7 @@ class LasViews:
                     if handle.base is None or handle.ahead_base.version != handle.base.version:
                         break  # a new version meanwhile: the reader's reads find it
                 data = await self._points(handle.ahead_base, found, start, stop)
-                await trio.to_thread.run_sync(push, start, bytes(data))
+                await trio.to_thread.run_sync(push, start, data)
                 handle.pushed = stop
         except CupixError as exc:  # pushing is an optimisation: the reads will do it
             log.debug("%s: pushing points ahead stopped: %s", handle.source.key, exc)
@@ -324,7 +362,7 @@ class LasViews:
             return b""
         parts: list[Buffer] = []
         if offset < las.HEADER_SIZE:
-            box = await self._box(base, found)
+            box = await self._box(base, found, handle)
             head = las.header(layout.count, found.offsets, box, source.created, self._software)
             parts.append(head[offset : min(end, las.HEADER_SIZE)])
         if end > las.HEADER_SIZE:

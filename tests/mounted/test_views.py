@@ -177,22 +177,54 @@ def test_pointcloud_las_holds_the_ply_points(
         if layout == "ascii":
             assert not las_path.exists() and las_path.with_suffix(".ply").exists()
             continue
-        ply = _ply_vertices(test_data / "blobs" / pc["files"]["ply"]["blob_id"], layout)
-        assert las_path.stat().st_size == 227 + 26 * len(ply)
-        las = laspy.read(las_path)
-        assert (las.header.version.major, las.header.version.minor) == (1, 2)
-        assert las.header.point_format.id == 2 and las.header.point_count == len(ply)
-        assert list(las.header.scales) == [0.001] * 3
-        for axis in "xyz":
-            stored = np.asarray(las[axis])
-            assert np.abs(stored - ply[axis].astype(np.float64)).max() <= 0.0005 + 1e-6, axis
-        for colour in ("red", "green", "blue"):
-            expected = ply[colour].astype(np.uint16) * 257 if colour in ply.dtype.names else 0
-            assert (np.asarray(las[colour]) == expected).all(), colour
-        lows = [np.asarray(las[a]).min() for a in "xyz"]
-        highs = [np.asarray(las[a]).max() for a in "xyz"]
-        assert list(las.header.mins) == pytest.approx(lows, abs=1e-9)
-        assert list(las.header.maxs) == pytest.approx(highs, abs=1e-9)
+        _check_las(
+            las_path, _ply_vertices(test_data / "blobs" / pc["files"]["ply"]["blob_id"], layout)
+        )
+
+
+def _check_las(las_path: Path, ply: np.ndarray) -> None:
+    """*las_path* holds the points of *ply*, each within the scale, and a right header."""
+    assert las_path.stat().st_size == 227 + 26 * len(ply)
+    las = laspy.read(las_path)
+    assert (las.header.version.major, las.header.version.minor) == (1, 2)
+    assert las.header.point_format.id == 2 and las.header.point_count == len(ply)
+    assert list(las.header.scales) == [0.001] * 3
+    for axis in "xyz":
+        stored = np.asarray(las[axis])
+        assert np.abs(stored - ply[axis].astype(np.float64)).max() <= 0.0005 + 1e-6, axis
+    for colour in ("red", "green", "blue"):
+        expected = ply[colour].astype(np.uint16) * 257 if colour in ply.dtype.names else 0
+        assert (np.asarray(las[colour]) == expected).all(), colour
+    lows = [np.asarray(las[a]).min() for a in "xyz"]
+    highs = [np.asarray(las[a]).max() for a in "xyz"]
+    assert list(las.header.mins) == pytest.approx(lows, abs=1e-9)
+    assert list(las.header.maxs) == pytest.approx(highs, abs=1e-9)
+
+
+def test_the_bounding_box_pass_pushes_the_points_it_converts(
+    mounter: Any, dataset: dict[str, Any], fake: FakeServer, test_data: Path
+) -> None:
+    """The header's pass converts every point: those past the first 4 MiB go into the
+    page cache, so the rest of a read from the start costs no second pass over the PLY."""
+    [pc] = [
+        pc
+        for pc, layout in zip(_subs(dataset, "ply"), _ply_layouts(), strict=True)
+        if layout == "big_double"
+    ]
+    ply_blob = pc["files"]["ply"]["blob_id"]
+    with mounter() as m:
+        path = _sub_dir(m.path, pc) / "pointcloud.las"
+        size = path.stat().st_size
+        assert size > 5 * MiB
+        with path.open("rb") as f:
+            f.read(227)
+            pushed = m.status()["pushed_bytes"]
+            assert pushed >= size - 4 * MiB, (pushed, size)
+            fake.stats.reset()
+            f.read()  # the rest: its first 4 MiB are converted as read, then the kernel's
+            ranges = [r for r in fake.stats.snapshot()["blob_ranges"] if r[0] == ply_blob]
+        assert all(first < 4 * MiB for _blob, first, _last in ranges), ranges
+        _check_las(path, _ply_vertices(test_data / "blobs" / ply_blob, "big_double"))
 
 
 def test_las_ranges_map_to_ply_ranges(
@@ -230,7 +262,7 @@ def test_the_bounding_box_is_kept_for_a_remount(
     with mounter(cache_dir=cache) as m:
         fake.stats.reset()
         path = _sub_dir(m.path, pc) / "pointcloud.las"
-        assert path.stat().st_size == 227 + 26 * 90_001
+        assert path.stat().st_size == 227 + 26 * 300_001
         assert path.open("rb").read(227) == header
         stats = fake.stats.snapshot()
         assert stats["blob_requests"] == 0 and stats["blob_bytes"] == 0, stats

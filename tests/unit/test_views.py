@@ -184,6 +184,12 @@ def test_las_records_and_header_read_back_by_laspy() -> None:
     assert np.asarray(got.z)[3] == pytest.approx((2**31 - 1) * 0.001)
     assert list(got.header.maxs) == pytest.approx([np.asarray(got[a]).max() for a in "xyz"])
     assert list(got.header.mins) == pytest.approx([np.asarray(got[a]).min() for a in "xyz"])
+    # The bounds taken on the way while converting (the pass that pushes) are the same.
+    records, on_the_way = las.points_and_bounds(data, layout, offsets)
+    assert bytes(records) == raw[las.HEADER_SIZE :] and on_the_way == box
+    sane = vertices[:2].tobytes()  # finite and in range: the clamping is skipped
+    assert las.points_and_bounds(sane, layout, offsets)[1] == las.bounds(sane, layout, offsets)
+    assert las.points_and_bounds(b"", layout, offsets)[1] is None
 
 
 # -- inflating a member: checkpoints ---------------------------------------------------------
