@@ -25,6 +25,8 @@ import trio
 from cupixfs.api.client import retry_after
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
 from cupixfs.core.retry import Retryable, RetryPolicy, retrying
+from cupixfs.data import rawhttp
+from cupixfs.data.rawhttp import RawBody, RawHttp
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.sources import RemoteFile
 
@@ -133,10 +135,13 @@ class RangeFetcher:
         policy: RetryPolicy,
         max_requests: int = MAX_REQUESTS,
         sync_http: httpx.Client | None = None,
+        raw: RawHttp | None = None,
     ) -> None:
         self._http = http
         #: The synchronous client long bodies are read with, in worker threads.
         self.sync_http = sync_http
+        #: What reads long bodies straight off the socket where it can (`rawhttp`).
+        self.raw = raw
         self._urls = urls
         self._policy = policy
         self._limit = trio.CapacityLimiter(max_requests)
@@ -349,6 +354,7 @@ class BodyStream:
         self.total: int | None = None
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
+        self._raw: RawBody | None = None
         self._leftover = memoryview(b"")
         self._token = trio.lowlevel.current_trio_token()
         self._progress_at = time.monotonic()
@@ -367,6 +373,10 @@ class BodyStream:
         async def attempt() -> None:
             first, last = self.position, self.end - 1
             url = await fetcher._url(self._remote, first, last)
+            raw = fetcher.raw
+            if raw is not None and raw.usable(url):
+                await self._open_raw(raw, url, first, last)
+                return
 
             def send() -> httpx.Response:
                 request = sync_http.build_request("GET", url, headers=_range_headers(first, last))
@@ -393,6 +403,32 @@ class BodyStream:
         self.close()
         await retrying(attempt, fetcher._policy, f"read {self._remote.key}", fetcher._count_retry)
 
+    async def _open_raw(self, raw: RawHttp, url: str, first: int, last: int) -> None:
+        fetcher = self._fetcher
+
+        def send() -> tuple[httpx.Response, RawBody]:
+            try:
+                return raw.open(url, _range_headers(first, last))
+            except (rawhttp.Interrupted, OSError) as exc:  # ssl.SSLError is an OSError
+                raise Retryable(f"{type(exc).__name__}: {exc}") from None
+
+        response, body = await trio.to_thread.run_sync(send)
+        fetcher.stats.requests += 1
+        try:
+            if response.status_code not in (200, 206, 416):
+                fetcher._refused(self._remote, url, response)
+            etag, total = fetcher.check(self._remote, response, first, self.end, self.etag)
+            if body.left != self.end - first:  # a coded or unsized body: httpx takes it
+                raw.refuse(url)
+                raise Retryable("storage sent a body only httpx can read", 0.0)
+        except BaseException:
+            body.close()
+            raise
+        self.etag = self.etag or etag
+        self.total = total
+        self._raw = body
+        self._leftover = memoryview(b"")
+
     # -- in a worker thread ------------------------------------------------------------------
 
     def read_exactly(self, count: int) -> bytes:
@@ -402,26 +438,34 @@ class BodyStream:
         want = count
         while want:
             if not self._leftover:
-                self._leftover = memoryview(self._next_chunk())
+                chunk = self._next_chunk(want)
+                if not parts and len(chunk) == want:
+                    return chunk  # one whole block off the socket: no join
+                self._leftover = memoryview(chunk)
             take = min(want, len(self._leftover))
             parts.append(self._leftover[:take])
             self._leftover = self._leftover[take:]
             want -= take
         return joined(parts)
 
-    def _next_chunk(self) -> bytes:
+    def _next_chunk(self, want: int) -> bytes:
+        """The next bytes of the body: up to *want* from the raw reader, or httpx's next
+        chunk (of any size)."""
         policy = self._fetcher._policy
         while True:
             if self._cancelled:
                 raise BodyCancelled(f"{self._remote.key}: reading stopped")
             if self.position >= self.end:
                 raise ProtocolError(f"{self._remote.key}: asked past the end of the range")
-            if self._chunks is None:
+            if self._chunks is None and self._raw is None:
                 trio.from_thread.run(self.open, trio_token=self._token)
-            assert self._chunks is not None
             try:
-                chunk = next(self._chunks)
-            except (StopIteration, httpx.TransportError) as exc:
+                if self._raw is not None:
+                    chunk = self._raw.read(want)
+                else:
+                    assert self._chunks is not None
+                    chunk = next(self._chunks)
+            except (StopIteration, httpx.TransportError, rawhttp.Interrupted) as exc:
                 if time.monotonic() - self._progress_at > policy.deadline:
                     raise Unavailable(
                         f"read {self._remote.key}: no progress for {policy.deadline:g}s"
@@ -453,6 +497,9 @@ class BodyStream:
         response, self._response, self._chunks = self._response, None, None
         if response is not None:
             response.close()
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()
 
 
 def _range_headers(first: int, last: int | None) -> dict[str, str]:

@@ -65,6 +65,9 @@ class Faults:
     url_ttl_s: int = 3600
     clock_offset_s: float = 0.0
     outage: bool = False
+    #: Blob bodies sent with ``Transfer-Encoding: chunked`` and no Content-Length, as a
+    #: proxy or CDN in front of storage may re-frame them.
+    blob_chunked: bool = False
     seed: int = 0
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -126,8 +129,9 @@ class Faults:
             clean[name] = int(v)
         if clean["retry_after_s"] < 0 or clean["url_ttl_s"] < 0:
             raise ValueError("retry_after_s and url_ttl_s must be >= 0")
-        if not isinstance(values["outage"], bool):
-            raise ValueError("outage must be true or false")
+        for name in ("outage", "blob_chunked"):
+            if not isinstance(values[name], bool):
+                raise ValueError(f"{name} must be true or false")
         return clean
 
     # --- decisions -----------------------------------------------------------------------

@@ -273,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "blob":
             fake.stats.blob_range(body.blob_id, body.offset, body.offset + body.length - 1)
         cut = cut and body.length > 0
+        if kind == "blob" and not cut and fake.faults.current("blob_chunked"):
+            self._send_chunked(body)
+            return
         to_send = fake.faults.cut_length(body.length) if cut else body.length
         sent = 0
         try:
@@ -290,6 +293,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_chunked(self, body: FileBody) -> None:
+        """Send ``body`` framed in chunks, with no Content-Length (the ``blob_chunked`` knob)."""
+        fake = self.server.fake
+        sent = 0
+        try:
+            headers = [*body.headers, ("Transfer-Encoding", "chunked")]
+            self._start(body.status, headers, None)
+            body.file.seek(body.offset)
+            while sent < body.length:
+                piece = body.file.read(min(256 << 10, body.length - sent))
+                if not piece:
+                    break
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+        finally:
+            body.file.close()
+            fake.stats.body_sent("blob", sent)
 
     def _abort(self) -> None:
         """Drop the connection with a TCP reset and no response, like a crashed or absent host.

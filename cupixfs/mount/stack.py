@@ -25,6 +25,7 @@ from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import POOL_SIZE, STREAMS_AT_ONCE, RangeFetcher
 from cupixfs.data.http import storage_client, storage_sync_client
+from cupixfs.data.rawhttp import RawHttp
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
 from cupixfs.data.store import DataStore, ReadAheadConfig
@@ -75,10 +76,10 @@ def readahead_for(memory_cache: int) -> ReadAheadConfig:
 
 
 @asynccontextmanager
-async def _closing(client: httpx.Client) -> AsyncIterator[httpx.Client]:
+async def _closing(client: httpx.Client | RawHttp) -> AsyncIterator[None]:
     """Close a synchronous client at the end (in a thread: it may wait on sockets)."""
     try:
-        yield client
+        yield
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(client.close)
@@ -126,10 +127,12 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     # Two pools: the API (which gets the token) and storage (which must never see it),
     # the latter with a synchronous twin for long bodies read in worker threads.
     blob_sync = storage_sync_client(timeout, headers, STREAMS_AT_ONCE + 4)
+    raw_http = RawHttp(timeout, headers)
     async with (
         httpx.AsyncClient(timeout=timeout, headers=headers, limits=API_LIMITS) as api_http,
         storage_client(timeout, headers, POOL_SIZE) as blob_http,
         _closing(blob_sync),
+        _closing(raw_http),
         trio.open_nursery() as background,
     ):
         offline = config.offline
@@ -146,7 +149,9 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             # A token from the environment cannot change: nothing to read again.
             token_source=source if source is not None and source.rereadable else None,
         )
-        fetcher = RangeFetcher(blob_http, SignedUrls(client), policy, sync_http=blob_sync)
+        fetcher = RangeFetcher(
+            blob_http, SignedUrls(client), policy, sync_http=blob_sync, raw=raw_http
+        )
         fetcher.offline = offline
         blocks = BlockCache(config.memory_cache, disk)
         # Sizes and ETags are trusted as long as listings are: after that, the next

@@ -1,0 +1,115 @@
+"""Long bodies read straight off the socket (`cupixfs.data.rawhttp`), against the fake
+server: exact bytes, kept connections, cuts, proxies, and the bodies left to httpx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from cupixfs.data import rawhttp
+from cupixfs.data.rawhttp import Interrupted, RawHttp
+from cupixfs.fake.server import FakeServer
+from tests.core.conftest import TOKEN, MiB, blob_bytes, inode_of, stack_of, video_path, videos
+
+TIMEOUT = httpx.Timeout(10.0)
+
+
+def _signed_url(server: FakeServer, video: dict[str, Any]) -> str:
+    response = httpx.get(
+        f"{server.api_url}/videos/{video['id']}/download", headers={"X-CUPIX-AUTH": TOKEN}
+    )
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
+
+
+def test_a_body_comes_in_whole_blocks_and_its_connection_is_kept(server: FakeServer) -> None:
+    video = videos(server)[0]
+    expected = blob_bytes(server, video)
+    url = _signed_url(server, video)
+    raw = RawHttp(TIMEOUT, {"User-Agent": "test"})
+    try:
+        for start in (100, 5 * MiB):  # the second request goes over the kept connection
+            head, body = raw.open(url, {"Range": f"bytes={start}-{start + 2 * MiB - 1}"})
+            assert head.status_code == 206 and body.left == 2 * MiB
+            first, second = body.read(MiB), body.read(MiB)
+            assert first + second == expected[start : start + 2 * MiB]
+            assert isinstance(first, bytes) and len(first) == MiB
+            assert body.left == 0
+            assert sum(len(kept) for kept in raw._idle.values()) == 1
+        assert server.stats.snapshot()["blob_requests"] == 2
+    finally:
+        raw.close()
+
+
+def test_a_cut_body_gives_what_arrived_then_interrupted(server: FakeServer) -> None:
+    video = videos(server)[0]
+    url = _signed_url(server, video)
+    expected = blob_bytes(server, video)
+    server.faults.update(cut_rate=1.0, seed=3)
+    raw = RawHttp(TIMEOUT, {})
+    try:
+        _head, body = raw.open(url, {"Range": f"bytes=0-{8 * MiB - 1}"})
+        got = b""
+        with pytest.raises(Interrupted):
+            while True:
+                got += body.read(MiB)
+        assert 0 < len(got) < 8 * MiB and got == expected[: len(got)]
+        assert not raw._idle  # a broken connection is never kept
+    finally:
+        raw.close()
+
+
+def test_a_chunked_body_is_left_to_httpx(server: FakeServer) -> None:
+    video = videos(server)[1]
+    server.faults.update(blob_chunked=True)
+    raw = RawHttp(TIMEOUT, {})
+    try:
+        head, body = raw.open(_signed_url(server, video), {"Range": "bytes=0-999"})
+        assert head.status_code == 206 and body.left is None
+        body.close()
+    finally:
+        raw.close()
+
+
+def test_a_proxy_in_the_environment_leaves_the_body_to_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert rawhttp.applies("http://storage.example/blob?sig=1")
+    assert not rawhttp.applies("ftp://storage.example/blob")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert not rawhttp.applies("https://storage.example/blob?sig=1")
+    assert rawhttp.applies("http://storage.example/blob?sig=1")
+    monkeypatch.setenv("no_proxy", "storage.example")
+    assert rawhttp.applies("https://storage.example/blob?sig=1")
+
+
+@pytest.mark.parametrize("knobs", [{"blob_chunked": True}, {"cut_rate": 0.5, "seed": 7}])
+def test_a_sequential_read_is_exact_whatever_the_body(
+    server: FakeServer, capture_id: int, tmp_path: Path, knobs: dict[str, Any]
+) -> None:
+    """Through the whole stack: a chunked body is read by httpx instead, a cut one is
+    resumed where it stopped; every byte is right either way."""
+    video = videos(server)[0]
+    expected = blob_bytes(server, video)
+    got = bytearray()
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            inode = await inode_of(stack.vfs, video_path(capture_id, video))
+            fh = (await stack.vfs.open(inode))[0]
+            server.faults.update(**knobs)
+            while chunk := await stack.vfs.read(fh, len(got), MiB):
+                got.extend(chunk)
+
+    trio.run(main)
+    assert bytes(got) == expected
+    if "blob_chunked" in knobs:  # still a stream: its raw GET and httpx's, a few more
+        requests = server.stats.snapshot()["blob_requests"]
+        assert requests <= 6, requests
