@@ -1,0 +1,94 @@
+"""`rawhttp` over TLS, as signed storage URLs are: a local HTTPS server with a self-signed
+certificate (made with the ``openssl`` command), trusted through ``SSL_CERT_FILE`` the
+way httpx trusts it."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cupixfs.data.rawhttp import RawHttp
+
+MiB = 1 << 20
+BODY = bytes(range(256)) * (3 * MiB // 256)
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+class _Ranges(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as storage does
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        first, last = (int(v) for v in self.headers["Range"].split("=")[1].split("-"))
+        part = BODY[first : last + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {first}-{last}/{len(BODY)}")
+        self.send_header("Content-Length", str(len(part)))
+        self.send_header("ETag", '"tls"')
+        self.end_headers()
+        self.wfile.write(part)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ranges)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/blob?sig=x", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tls_body_is_read_whole_and_its_connection_kept(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = https_url
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    raw = RawHttp(httpx.Timeout(10.0), {})
+    try:
+        for first in (0, MiB + 7):
+            head, body = raw.open(url, {"Range": f"bytes={first}-{first + 2 * MiB - 1}"})
+            assert head.status_code == 206 and head.headers["etag"] == '"tls"'
+            got = body.read(MiB) + body.read(MiB)
+            assert got == BODY[first : first + 2 * MiB]
+            assert sum(len(kept) for kept in raw._idle.values()) == 1  # kept for the next
+    finally:
+        raw.close()
+
+
+def test_an_untrusted_certificate_is_refused(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _cert = https_url
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    raw = RawHttp(httpx.Timeout(10.0), {})
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            raw.open(url, {"Range": "bytes=0-99"})
+    finally:
+        raw.close()
