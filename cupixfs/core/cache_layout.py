@@ -41,8 +41,9 @@ DEMO_DATA = "demo-data"
 #: The format of everything this module names. Bump it with any change to a name or to
 #: what a file holds that another cupixfs would misread. 1: block files with a 16-byte
 #: header (a cache directory without a marker, from before markers, is in format 1);
-#: 2: block files of a 4 KiB header page and a page-padded payload (`data.block_file`).
-FORMAT = 2
+#: 2: block files of a 4 KiB header page and a page-padded payload (`data.block_file`);
+#: 3: the same, checked with CRC-32C instead of CRC-32.
+FORMAT = 3
 #: What a cache directory written before the marker existed is in.
 UNMARKED_FORMAT = 1
 #: What a cache directory holds (a directory without any of these is new, not unmarked).

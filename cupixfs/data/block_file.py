@@ -1,8 +1,14 @@
 """One cached block on disk: a 4 KiB header page, then the payload padded to 4 KiB.
 
-The header holds a magic, this layout's number, the payload's length and its CRC-32,
+The header holds a magic, this layout's number, the payload's length and its CRC-32C,
 computed once, on the way in. A block truncated or corrupted by a power cut fails the
 length or CRC check when read, and is fetched again, never served.
+
+Why CRC-32C (google-crc32c): it is computed for every block written and checked for
+every block read, and zlib's CRC-32 was the process's largest single cost on a cold read
+(15 % of its CPU in a ``perf`` profile, about 0.35 ms per 1 MiB block at 3 GB/s). CRC-32C
+has a CPU instruction: about 25 GB/s here, 0.04 ms per block; cold reads went from 473
+to 540 MB/s (medians of three, alternating, same session).
 
 Why pages: the file is written and read with ``O_DIRECT`` where the filesystem allows
 it, straight between a reused, page-aligned buffer of the worker thread and the disk.
@@ -21,12 +27,14 @@ import mmap
 import os
 import struct
 import threading
-import zlib
+
+import google_crc32c
 
 PAGE = 4096
 MAGIC = b"CPXB"
-LAYOUT = 2
-HEADER = struct.Struct("<4sIII")  # magic, layout, payload length, crc32
+#: 2: zlib's CRC-32; 3: CRC-32C.
+LAYOUT = 3
+HEADER = struct.Struct("<4sIII")  # magic, layout, payload length, CRC-32C
 #: The largest payload a buffer holds (a block).
 MAX_PAYLOAD = 1 << 20
 
@@ -54,7 +62,7 @@ def encode_into(buf: mmap.mmap | bytearray, payload: bytes | memoryview) -> int:
     size = size_on_disk(length)
     view = memoryview(buf)
     view[:PAGE] = bytes(PAGE)
-    HEADER.pack_into(buf, 0, MAGIC, LAYOUT, length, zlib.crc32(payload))
+    HEADER.pack_into(buf, 0, MAGIC, LAYOUT, length, google_crc32c.value(payload))
     view[PAGE : PAGE + length] = payload
     view[PAGE + length : size] = bytes(size - PAGE - length)
     return size
@@ -75,7 +83,7 @@ def decode(data: memoryview | bytes) -> bytes | None:
     if magic != MAGIC or layout != LAYOUT or len(data) != size_on_disk(length):
         return None
     payload = bytes(data[PAGE : PAGE + length])
-    return payload if zlib.crc32(payload) == crc else None
+    return payload if google_crc32c.value(payload) == crc else None
 
 
 def _open(path: str, flags: int) -> tuple[int, bool]:
