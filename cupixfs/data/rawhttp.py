@@ -117,7 +117,10 @@ class RawHttp:
         )
         conn = h11.Connection(our_role=h11.CLIENT)
         try:
-            sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+            try:
+                sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+            except OSError as exc:  # a broken pipe: a kept connection closed meanwhile
+                raise Interrupted(f"send: {type(exc).__name__}") from None
             head = _read_head(sock, conn)
         except Interrupted:
             _close(sock)

@@ -110,6 +110,8 @@ def test_a_sequential_read_is_exact_whatever_the_body(
 
     trio.run(main)
     assert bytes(got) == expected
-    if "blob_chunked" in knobs:  # still a stream: its raw GET and httpx's, a few more
+    if "blob_chunked" in knobs:
+        # Still a stream: a few GETs of growing size (and the one raw GET refused), where a
+        # stream that failed leaves its blocks to be fetched one run at a time (80 and more).
         requests = server.stats.snapshot()["blob_requests"]
-        assert requests <= 6, requests
+        assert requests <= 10, requests
