@@ -9,6 +9,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs o
 
 class _Ranges(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as storage does
+    #: Hang up after each response without saying so (an idle timeout on the server).
+    hangs_up = False
+    connections = 0
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
 
     def do_GET(self) -> None:
         first, last = (int(v) for v in self.headers["Range"].split("=")[1].split("-"))
@@ -35,6 +43,8 @@ class _Ranges(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", '"tls"')
         self.end_headers()
         self.wfile.write(part)
+        if self.hangs_up:
+            self.close_connection = True
 
     def log_message(self, *args: object) -> None:
         pass
@@ -92,5 +102,23 @@ def test_an_untrusted_certificate_is_refused(
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
             raw.open(url, {"Range": "bytes=0-99"})
+    finally:
+        raw.close()
+
+
+def test_a_kept_connection_the_server_closed_is_not_used(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = https_url
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setattr(_Ranges, "hangs_up", True)
+    monkeypatch.setattr(_Ranges, "connections", 0)
+    raw = RawHttp(httpx.Timeout(10.0), {})
+    try:
+        for first in (0, 100):
+            _head, body = raw.open(url, {"Range": f"bytes={first}-{first + 999}"})
+            assert body.read(1000) == BODY[first : first + 1000]
+            time.sleep(0.2)  # the server's hang-up reaches us
+        assert _Ranges.connections == 2  # the second request did not go down the dead one
     finally:
         raw.close()
