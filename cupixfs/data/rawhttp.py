@@ -310,8 +310,13 @@ def _key(url: str) -> tuple[str, str, int]:
 
 
 def _read_head(sock: socket.socket, conn: h11.Connection) -> h11.Response:
+    """The response's status line and headers. A malformed head counts as a broken
+    connection (httpx, too, makes it a transport error, retried)."""
     while True:
-        event = conn.next_event()
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise Interrupted(f"a malformed response ({exc})") from None
         if event is h11.NEED_DATA:
             try:
                 data = sock.recv(HEAD_READ)

@@ -1,11 +1,12 @@
-"""`rawhttp` over TLS, as signed storage URLs are: a local HTTPS server with a self-signed
-certificate (made with the ``openssl`` command), trusted through ``SSL_CERT_FILE`` the
-way httpx trusts it."""
+"""`rawhttp` against small local servers: TLS as signed storage URLs are (a self-signed
+certificate made with the ``openssl`` command, trusted through ``SSL_CERT_FILE`` the way
+httpx trusts it), a connection the server hung up on, and a malformed response."""
 
 from __future__ import annotations
 
 import http.server
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -16,12 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cupixfs.data.rawhttp import RawHttp
+from cupixfs.data.rawhttp import Interrupted, RawHttp
 
 MiB = 1 << 20
 BODY = bytes(range(256)) * (3 * MiB // 256)
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
 class _Ranges(http.server.BaseHTTPRequestHandler):
@@ -52,6 +51,8 @@ class _Ranges(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def https_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -122,3 +123,25 @@ def test_a_kept_connection_the_server_closed_is_not_used(
         assert _Ranges.connections == 2  # the second request did not go down the dead one
     finally:
         raw.close()
+
+
+def test_a_malformed_response_is_an_interruption() -> None:
+    """Garbage where a status line belongs: `Interrupted` (retried), not a crash."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 2OO Fine\r\nno colon here\r\n\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    raw = RawHttp(httpx.Timeout(5.0), {})
+    try:
+        with pytest.raises(Interrupted, match="malformed"):
+            raw.open(f"http://127.0.0.1:{listener.getsockname()[1]}/x", {"Range": "bytes=0-9"})
+    finally:
+        raw.close()
+        listener.close()
+        thread.join(5)
