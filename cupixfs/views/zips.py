@@ -1,12 +1,15 @@
 """The members of a remote zip archive as files, read through the data layer.
 
-The archive's table of contents comes from its central directory, read with exact
-`DataStore.read`s (for a 256 MiB archive of 2000 members: the probe's 64 KiB, then its
-last 64 KiB and the directory, about 200 KiB, where whole blocks would be 1 MiB more).
-One index is kept per archive version.
+The archive's table of contents comes from its central directory, read with
+`DataStore.read` like any other bytes (for a 256 MiB archive of 2000 members: the
+probe's 64 KiB and the last block or two, as ``unzip -l`` through the mount). Those
+blocks go to the disk cache, so a remount or an ``--offline`` mount lists ``mesh/``
+again without the network. One index is kept per archive version.
 
 A member of at most `SMALL_MEMBER` bytes in the archive is fetched at its open as one
-exact range with its local header, and kept in memory: one small request, not a block.
+exact range with its local header (`DataStore.read` with ``exact``), and kept in
+memory: one small request, not a 1 MiB block. It is not kept on disk; prefetching
+``mesh.zip`` is what makes members readable offline.
 A bigger stored member is a byte range of the archive, read through the blocks: the
 archive handle's read-ahead stops at the member's end. A deflated member is
 inflated as it is read, into 1 MiB blocks kept in a memory LRU (bounded in bytes).
@@ -179,19 +182,19 @@ class ZipViews:
         size = await self._store.size(archive)
         try:
             tail_start = max(0, size - zipindex.TAIL_SIZE - 56)
-            # Exact ranges: the directory of a 256 MiB archive is a few hundred KiB at
-            # its end, and its last blocks would be about 1 MiB more.
-            tail = bytes(await self._read(base, tail_start, size - tail_start, exact=True))
+            # Through the blocks, not as exact ranges: they land in the disk cache, so
+            # a remount, or an --offline one, lists mesh/ as it was listed online.
+            tail = bytes(await self._read(base, tail_start, size - tail_start))
             end, end64_at = zipindex.find_end(tail, tail_start)
             if end64_at is not None:
-                record = bytes(await self._read(base, end64_at, 56, exact=True))
+                record = bytes(await self._read(base, end64_at, 56))
                 end = zipindex.parse_end64(record, end64_at, end64_at)
             if end.cd_offset + end.cd_size > size:
                 raise ProtocolError("the central directory lies past the end of the file")
             if end.cd_offset >= tail_start:
                 cd = tail[end.cd_offset - tail_start : end.cd_offset - tail_start + end.cd_size]
             else:
-                cd = bytes(await self._read(base, end.cd_offset, end.cd_size, exact=True))
+                cd = bytes(await self._read(base, end.cd_offset, end.cd_size))
             if end.cd_size > INLINE_LIMIT:
                 index = await trio.to_thread.run_sync(zipindex.parse_central, cd, end)
             else:
