@@ -90,6 +90,11 @@ class DiskCache:
 
     def open(self) -> None:
         """Create the directory (0700) and index what a previous mount left, oldest first."""
+        if not block_file.FAST_CHECKSUM:
+            log.warning(
+                "google-crc32c has no compiled extension here: every cached block is "
+                "checked in pure Python, which is slow (reinstall it from a wheel)"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.root.parent, 0o700)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 
+import pytest
+
+from cupixfs.data import block_file
 from cupixfs.data.disk_cache import DiskCache
 
 MiB = 1 << 20
@@ -47,3 +51,17 @@ def test_a_reopened_cache_finds_its_blocks_and_evicts_oldest_first(tmp_path: Pat
     assert len(again) == 4
     assert again.get_sync("pointclouds/1#e#9", 2) == bytes([2]) * 1000
     assert again.get_sync("pointclouds/1#other-etag#9", 2) is None  # versions never mix
+
+
+def test_a_slow_checksum_is_said_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(block_file, "FAST_CHECKSUM", False)
+    with caplog.at_level(logging.WARNING):
+        DiskCache(tmp_path, 1 << 20).open()
+    assert "google-crc32c has no compiled extension" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(block_file, "FAST_CHECKSUM", True)
+    with caplog.at_level(logging.WARNING):
+        DiskCache(tmp_path, 1 << 20).open()
+    assert "google-crc32c" not in caplog.text
