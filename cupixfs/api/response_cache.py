@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +56,7 @@ class ResponseCache:
 
     @staticmethod
     def _save(target: Path, path: str, body: Any) -> None:
-        tmp = target.with_suffix(f".{threading.get_ident()}.tmp")  # threads never share one
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"path": path, "body": body}, f)
-            os.replace(tmp, target)
+            layout.write_private_json(target, {"path": path, "body": body})
         except (OSError, TypeError, ValueError) as exc:
             log.debug("cannot save an API response: %s", exc)

@@ -61,12 +61,8 @@ def read_marker(cache_dir: Path) -> Marker | None:
 
 def write_marker(cache_dir: Path) -> None:
     """Say that *cache_dir* is in this cupixfs's format (atomically, private)."""
-    text = json.dumps({"format": layout.FORMAT, "written_by": f"cupixfs {__version__}"}) + "\n"
-    temporary = cache_dir / f".{layout.FORMAT_FILE}.{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(temporary, cache_dir / layout.FORMAT_FILE)
+    marker = {"format": layout.FORMAT, "written_by": f"cupixfs {__version__}"}
+    layout.write_private_json(cache_dir / layout.FORMAT_FILE, marker)
 
 
 def set_aside_dirs(cache_dir: Path) -> list[Path]:

@@ -24,10 +24,14 @@ cache directory written in another one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,24 @@ def make_private_dir(path: Path, what: str) -> bool:
         log.debug("%s disabled (%s)", what, exc.strerror)
         return False
     return True
+
+
+def write_private_json(path: Path, body: Any, **dump: Any) -> None:
+    """Write *body* as JSON to *path*: private (0600) and atomic, through a temporary
+    file of this thread (so writers in several threads never share one), which is
+    removed if writing fails. Raises what failed (`OSError`, or `TypeError` /
+    `ValueError` for a body JSON cannot hold); the caller decides how loud to be.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, **dump)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def set_aside_dir(format: int | None) -> str:

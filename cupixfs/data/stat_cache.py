@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -75,14 +74,9 @@ class StatCache:
             return None  # missing or corrupt: probe again
 
     def _save(self, key: str, hint: str, stat: RemoteStat, now: float) -> None:
-        path = self._path(key)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")  # threads never share one
         body = {"key": key, "hint": hint, "size": stat.size, "etag": stat.etag, "probed_at": now}
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f)
-            os.replace(tmp, path)
+            layout.write_private_json(self._path(key), body)
         except OSError as exc:
             log.debug("cannot save a stat entry: %s", exc.strerror)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,12 +57,8 @@ class Metrics:
     def save(self, figures: dict[str, Any]) -> None:
         """Write *figures* to ``last-mount.json`` (atomically; a failure is only logged)."""
         path = self.cache_dir / layout.LAST_MOUNT
-        tmp = path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(figures, f, indent=2, sort_keys=True)
-            os.replace(tmp, path)
+            layout.write_private_json(path, figures, indent=2, sort_keys=True)
         except OSError as exc:
             log.debug("cannot save %s: %s", path, exc.strerror)
 

@@ -9,11 +9,8 @@ of the file simply replaces it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +56,8 @@ class Notes:
         return entry["body"]  # type: ignore[no-any-return]
 
     def _save(self, key: str, kind: str, version: str, body: dict[str, Any]) -> None:
-        path = self._path(key, kind)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        entry = {"key": key, "version": version, "body": body}
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "version": version, "body": body}, f)
-            os.replace(tmp, path)
+            layout.write_private_json(self._path(key, kind), entry)
         except OSError as exc:
             log.debug("cannot save a derived note: %s", exc.strerror)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

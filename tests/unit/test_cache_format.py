@@ -119,3 +119,16 @@ def test_when_it_cannot_be_set_aside_the_reason_is_given(tmp_path: Path) -> None
     problem = cache_format.settle(cache)
     assert problem is not None and problem.startswith("cannot set aside")
     assert (cache / "blocks/ab/abcd/0123-0").exists()  # nothing half-read, nothing lost
+
+
+def test_a_private_json_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The one writer of the cache dir's JSON files (stats, notes, API bodies, counters,
+    the marker): 0600, and a failed write leaves the old file and no temporary behind."""
+    target = tmp_path / "entry.json"
+    layout.write_private_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with pytest.raises(TypeError):
+        layout.write_private_json(target, {"a": object()})  # JSON cannot hold it
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.json"]
