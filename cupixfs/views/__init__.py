@@ -15,6 +15,7 @@ from cupixfs.core.errors import NotFound
 from cupixfs.data.sources import DerivedFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.data.stream import Push
+from cupixfs.views.handles import DerivedHandle
 from cupixfs.views.lasview import LasHandle, LasViews
 from cupixfs.views.notes import Notes
 from cupixfs.views.sources import LasView, ZipMember
@@ -59,8 +60,10 @@ class DerivedViews:
 
     def release(self, handle: OpenFile) -> None:
         """The derived file was closed: so are its handles on the remote file (streams)."""
+        bases = [handle.base] if isinstance(handle, DerivedHandle) else []
         if isinstance(handle, LasHandle):
             handle.closed = True
-        for base in (getattr(handle, "base", None), getattr(handle, "ahead_base", None)):
-            if isinstance(base, OpenFile):
+            bases.append(handle.ahead_base)
+        for base in bases:
+            if base is not None:
                 self._store.release(base)

@@ -26,6 +26,7 @@ from cupixfs.data.sources import RemoteFile
 from cupixfs.data.store import HEAD_SIZE, Buffer, DataStore, OpenFile, same_version
 from cupixfs.data.stream import Push
 from cupixfs.views import las
+from cupixfs.views.handles import DerivedHandle, read_on_new_version
 from cupixfs.views.notes import Notes
 from cupixfs.views.ply import MAX_HEADER, NotConvertible, PlyLayout, header_end, parse_header
 from cupixfs.views.sources import LasView
@@ -47,7 +48,6 @@ PUSH_AHEAD = 32 << 20
 PUSH_PIECE = 1 << 20
 PUSH_GAP = 4 << 20
 VERSIONS_KEPT = 256
-REOPENS = 2
 
 
 @dataclass
@@ -84,10 +84,9 @@ class _Las:
 
 
 @dataclass
-class LasHandle(OpenFile):
+class LasHandle(DerivedHandle):
     """An open LAS view: the PLY's own handle (pinned to one version) and its layout."""
 
-    base: OpenFile | None = None
     las: _Las | None = None
     #: Where the reader has got to (the end of the last read that reached us), and how
     #: far converted points have been pushed ahead of it.
@@ -97,6 +96,10 @@ class LasHandle(OpenFile):
     ahead_base: OpenFile | None = None
     pushing: bool = False
     closed: bool = False
+
+    def take_over(self, fresh: LasHandle) -> None:
+        super().take_over(fresh)
+        self.las = fresh.las
 
 
 class LasViews:
@@ -296,21 +299,15 @@ class LasViews:
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
         assert isinstance(handle, LasHandle) and isinstance(handle.source, LasView)
-        for attempt in range(REOPENS + 1):
-            try:
-                data = await self._read_las(handle, handle.source, offset, size)
-            except RemoteChanged:
-                if handle.shown or attempt == REOPENS:
-                    raise
-                fresh = await self.open(handle.source, None)
-                if handle.base is not None:
-                    self._store.release(handle.base)
-                handle.base, handle.las, handle.version = fresh.base, fresh.las, fresh.version
-                continue
-            handle.shown = True
-            self._ahead(handle, offset + len(data))
-            return data
-        raise AssertionError("unreachable")
+        source = handle.source
+        data = await read_on_new_version(
+            self._store,
+            handle,
+            lambda: self._read_las(handle, source, offset, size),
+            lambda: self.open(source, None),
+        )
+        self._ahead(handle, offset + len(data))
+        return data
 
     # -- pushing converted points ahead of a sequential reader -------------------------
 

@@ -42,6 +42,7 @@ from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged
 from cupixfs.data.sources import RemoteFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.views import zipindex
+from cupixfs.views.handles import REOPENS, DerivedHandle, read_on_new_version
 from cupixfs.views.sources import ZipMember
 from cupixfs.views.zipindex import STORED, Index, Member
 
@@ -58,8 +59,6 @@ INLINE_LIMIT = 64 << 10
 INDEXES_KEPT = 64
 STREAMS_KEPT = 16
 STARTS_KEPT = 4096
-#: A member read retries this often when the archive changed before it showed a byte.
-REOPENS = 2
 #: A member this small in the archive is fetched as its own byte range, with its local
 #: header, in one request, and kept in memory; a bigger one is read through the blocks.
 SMALL_MEMBER = 1 << 20
@@ -70,13 +69,16 @@ RAW = -1
 
 
 @dataclass
-class MemberHandle(OpenFile):
+class MemberHandle(DerivedHandle):
     """An open member: the archive's own handle (pinned to one version) and where it is."""
 
-    base: OpenFile | None = None
     member: Member | None = None
     #: Offset of the member's data in the archive.
     start: int = 0
+
+    def take_over(self, fresh: MemberHandle) -> None:
+        super().take_over(fresh)
+        self.member, self.start = fresh.member, fresh.start
 
 
 @dataclass
@@ -297,23 +299,14 @@ class ZipViews:
         return memoryview(raw)[offset : offset + size]
 
     async def read(self, handle: OpenFile, offset: int, size: int) -> Buffer:
-        assert isinstance(handle, MemberHandle)
-        for attempt in range(REOPENS + 1):
-            try:
-                data = await self._read_member(handle, offset, size)
-            except RemoteChanged:
-                if handle.shown or attempt == REOPENS:
-                    raise
-                # Nothing shown yet: read the member in the archive's new version.
-                fresh = await self.open(handle.source, None)  # type: ignore[arg-type]
-                if handle.base is not None:
-                    self._store.release(handle.base)
-                handle.base, handle.member, handle.start = fresh.base, fresh.member, fresh.start
-                handle.version = fresh.version
-                continue
-            handle.shown = True
-            return data
-        raise AssertionError("unreachable")
+        assert isinstance(handle, MemberHandle) and isinstance(handle.source, ZipMember)
+        source = handle.source
+        return await read_on_new_version(
+            self._store,
+            handle,
+            lambda: self._read_member(handle, offset, size),
+            lambda: self.open(source, None),
+        )
 
     async def _read_member(self, handle: MemberHandle, offset: int, size: int) -> Buffer:
         member, base = handle.member, handle.base

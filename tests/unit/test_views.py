@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import trio
 
-from cupixfs.core.errors import ProtocolError
+from cupixfs.core.errors import ProtocolError, RemoteChanged
 from cupixfs.data.sources import RemoteFile
 from cupixfs.data.store import OpenFile
 from cupixfs.views import las
+from cupixfs.views.handles import read_on_new_version
 from cupixfs.views.ply import NotConvertible, parse_header
 from cupixfs.views.sources import ZipMember
 from cupixfs.views.zipindex import find_end, parse_central, parse_end64
-from cupixfs.views.zips import ZipViews
+from cupixfs.views.zips import MemberHandle, ZipViews
 
 MiB = 1 << 20
 
@@ -236,5 +237,55 @@ def test_a_random_read_restarts_from_a_copy_of_the_inflater_not_the_start() -> N
             assert await views.read(handle, offset, 4096) == member[offset : offset + 4096]
             # One block's worth of compressed input (plus a chunk's slack), not 6 blocks'.
             assert store.read_bytes <= compressed * MiB + (1 << 20), offset
+
+    trio.run(main)
+
+
+# -- reading on when the remote file changed -----------------------------------------------
+
+
+class _Releases:
+    def __init__(self) -> None:
+        self.released: list[OpenFile] = []
+
+    def release(self, handle: OpenFile) -> None:
+        self.released.append(handle)
+
+
+def test_a_read_that_showed_nothing_reopens_on_the_new_version_once_shown_it_fails() -> None:
+    old_base, new_base = (
+        OpenFile(RemoteFile("k", "p"), version="v1"),
+        OpenFile(RemoteFile("k", "p"), version="v2"),
+    )
+    store = _Releases()
+
+    def handle() -> MemberHandle:
+        return MemberHandle(ZipMember("k!0", RemoteFile("k", "p"), 0, "a"), version="v1/0",
+                            base=old_base, start=10)  # fmt: skip
+
+    async def reopen() -> MemberHandle:
+        return MemberHandle(ZipMember("k!0", RemoteFile("k", "p"), 0, "a"), version="v2/0",
+                            base=new_base, start=99)  # fmt: skip
+
+    async def main() -> None:
+        calls: list[str] = []
+
+        async def read_changing() -> bytes:
+            calls.append(h.version or "")
+            if h.version == "v1/0":
+                raise RemoteChanged("k changed")
+            return b"new"
+
+        h = handle()
+        got = await read_on_new_version(store, h, read_changing, reopen)  # type: ignore[arg-type]
+        assert got == b"new" and calls == ["v1/0", "v2/0"]
+        assert (h.base, h.start, h.shown) == (new_base, 99, True)
+        assert store.released == [old_base]
+
+        h = handle()
+        h.shown = True  # a byte of v1 was shown: no silent switch
+        with pytest.raises(RemoteChanged):
+            await read_on_new_version(store, h, read_changing, reopen)  # type: ignore[arg-type]
+        assert h.base is old_base
 
     trio.run(main)
