@@ -37,6 +37,7 @@ from cupixfs.data import block_file
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN, Mount, cupixfs_cmd, mount_env
 from tests.faults.conftest import (
+    DataFile,
     data_files,
     errno_name,
     largest,
@@ -416,15 +417,24 @@ def _poison_blocks(cache: Path) -> int:
     return count
 
 
-def test_a_cache_of_a_future_format_is_set_aside_unread(
-    mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
-) -> None:
+def _cached_video(
+    mounter: Callable[..., Any], dataset: dict[str, Any], tmp_path: Path
+) -> tuple[DataFile, list[str], Path]:
+    """A video read once through a mount, so its blocks are in a fresh cache dir: the
+    video, the mount's arguments and that cache dir."""
     single = _capture(dataset, "single")
     video = next(f for f in data_files(dataset) if f.rel.startswith(f"captures/{single['id']}/"))
     cache = tmp_path / "cache"
     args = ["--capture", str(single["id"])]
     with mounter(*args, cache_dir=cache) as m:
         assert sha256_fresh(m.path / video.rel) == video.sha256
+    return video, args, cache
+
+
+def test_a_cache_of_a_future_format_is_set_aside_unread(
+    mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    video, args, cache = _cached_video(mounter, dataset, tmp_path)
     assert json.loads((cache / "cache-format.json").read_text())["format"] == layout.FORMAT
     # A newer cupixfs took the directory over: same names, bytes that mean something else.
     assert _poison_blocks(cache) > 0
@@ -455,12 +465,7 @@ def test_a_cache_of_a_future_format_is_set_aside_unread(
 def test_a_cache_from_before_the_format_marker_is_set_aside_unread(
     mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
 ) -> None:
-    single = _capture(dataset, "single")
-    video = next(f for f in data_files(dataset) if f.rel.startswith(f"captures/{single['id']}/"))
-    cache = tmp_path / "cache"
-    args = ["--capture", str(single["id"])]
-    with mounter(*args, cache_dir=cache) as m:
-        assert sha256_fresh(m.path / video.rel) == video.sha256
+    video, args, cache = _cached_video(mounter, dataset, tmp_path)
     # As the cupixfs of before the marker left it: no marker, and its blocks in the old
     # layout (a 16-byte header), here holding other bytes: whoever reads them is misled.
     (cache / "cache-format.json").unlink()
