@@ -825,19 +825,15 @@ def _central_header(m: _Member, offset: int) -> bytes:
     )
 
 
+_XYZ_RGB = tuple((axis, "float") for axis in "xyz") + tuple(
+    (c, "uchar") for c in ("red", "green", "blue")
+)
 #: The PLY layouts the sample data can write: byte order, vertex properties in file order
 #: (name, PLY type), and whether a face element follows the vertices. "ascii" is text.
 PLY_LAYOUTS: dict[str, tuple[str, tuple[tuple[str, str], ...], bool]] = {
     "plain": (
         "binary_little_endian",
-        (
-            ("x", "float"),
-            ("y", "float"),
-            ("z", "float"),
-            ("red", "uchar"),
-            ("green", "uchar"),
-            ("blue", "uchar"),
-        ),
+        _XYZ_RGB,
         False,
     ),
     "extra": (
@@ -876,14 +872,7 @@ PLY_LAYOUTS: dict[str, tuple[str, tuple[tuple[str, str], ...], bool]] = {
     ),
     "ascii": (
         "ascii",
-        (
-            ("x", "float"),
-            ("y", "float"),
-            ("z", "float"),
-            ("red", "uchar"),
-            ("green", "uchar"),
-            ("blue", "uchar"),
-        ),
+        _XYZ_RGB,
         False,
     ),
 }
