@@ -5,7 +5,6 @@ empty folder for an id the API does not know."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 from cupixfs.api.client import MAX_API_REQUESTS
 from cupixfs.fake.server import FakeServer
 from cupixfs.namespace.names import assign_names
-from tests.conftest import Mount
 from tests.faults.conftest import pin_args
 from tests.mounted.oracle import Oracle
 
@@ -51,10 +49,6 @@ def test_a_listing_of_many_pages_is_complete_and_in_order_under_429_and_503(
     assert stats["api_in_flight_max"] <= MAX_API_REQUESTS  # ...within the mount's bound
 
 
-def _status(mount: Mount) -> dict[str, Any]:
-    return dict(json.loads((mount.path / ".cupixfs" / "status").read_text()))
-
-
 def _drop_dentries() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("2\n")
 
@@ -70,7 +64,7 @@ def test_after_the_kernel_forgets_the_memory_tables_shrink(
             for name in filenames:
                 if name.endswith(".json") or ("/videos" in dirpath and name.startswith("VID_")):
                     (Path(dirpath) / name).read_bytes()  # a version in the kernel's cache
-        walked = _status(m)
+        walked = m.status()
         assert walked["inodes"] > entries // 2 > 50
         assert walked["kernel_versions"] > 0 and walked["source_keys"] > 10
         assert walked["listings"] > 10
@@ -78,7 +72,7 @@ def test_after_the_kernel_forgets_the_memory_tables_shrink(
         while True:
             _drop_dentries()
             time.sleep(0.3)  # the kernel's FORGETs come in batches
-            dropped = _status(m)
+            dropped = m.status()
             if dropped["inodes"] < 12 or time.monotonic() > deadline:
                 break
         # What is left: the root, its four folders' names, and the status file just read.

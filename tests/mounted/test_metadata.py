@@ -59,9 +59,9 @@ def test_status_control_file(mounted: Mount, dataset: dict[str, Any]) -> None:
     assert ".cupixfs" not in os.listdir(mounted.path)  # never picked up by cp -r / rsync
     video = dataset["videos"][0]
     path = video_path(mounted.path, video)
-    before = json.loads((mounted.path / ".cupixfs" / "status").read_text())
+    before = mounted.status()
     path.read_bytes()
-    after = json.loads((mounted.path / ".cupixfs" / "status").read_text())
+    after = mounted.status()
     assert after["bytes"] >= before["bytes"] + video["file"]["size"] - 65536
     assert after["requests"] > before["requests"]
     for key in ("memory_hits", "disk_hits", "fetched", "retries", "errors", "uptime_s"):
