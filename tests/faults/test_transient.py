@@ -27,6 +27,7 @@ from tests.faults.conftest import (
     blob_bytes,
     data_files,
     largest,
+    log_lines,
     pin_args,
     pread_fresh,
     sha256_fresh,
@@ -277,3 +278,17 @@ def test_api_429_retry_after_is_honoured(
     assert result["names"] == sorted(videos)
     assert 1 <= asked_while_throttled <= 2, asked_while_throttled
     assert result["seconds"] >= 1.8, result
+
+
+def test_chunked_blob_bodies_are_read_whole_and_said_once(
+    mounter: Callable[..., Any], fake: FakeServer, dataset: dict[str, Any]
+) -> None:
+    # A proxy in front of storage re-frames bodies in chunks: the stream's own body
+    # reader cannot take those, so httpx reads them, every byte the same; the log says
+    # so once for the host, not once per request.
+    fake.faults.update(blob_chunked=True)
+    video = largest(dataset)
+    with mounter(*pin_args(dataset)) as m:
+        assert sha256_fresh(m.path / video.rel) == video.sha256
+        log = m.log_text()
+    assert len(log_lines(log, "sends bodies in chunks or coded")) == 1, log
