@@ -64,6 +64,16 @@ def las_size(count: int) -> int:
     return HEADER_SIZE + count * POINT_SIZE
 
 
+def vertex_span(start: int, stop: int) -> tuple[int, int, int]:
+    """The vertices whose records hold LAS bytes ``[start, stop)`` (the header's bytes, if
+    the range begins in it, need none): the first, how many, and where *start* falls in
+    the first one's record."""
+    low = max(0, start - HEADER_SIZE)
+    first = low // POINT_SIZE
+    last = -(-(stop - HEADER_SIZE) // POINT_SIZE)
+    return first, max(0, last - first), low - first * POINT_SIZE
+
+
 def offsets_for(first: bytes, layout: PlyLayout) -> tuple[float, float, float]:
     """The LAS offsets: the first vertex (one record in *first*) rounded to the kilometre."""
     if layout.count == 0:

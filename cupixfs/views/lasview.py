@@ -226,9 +226,8 @@ class LasViews:
                 starts = [0, *range(PUSH_GAP, total, PASS_PIECE)]
                 for start, stop in zip(starts, [*starts[1:], total], strict=True):
                     stop = min(stop, total)
-                    low = max(0, start - las.HEADER_SIZE) // las.POINT_SIZE
-                    high = -(-(stop - las.HEADER_SIZE) // las.POINT_SIZE)
-                    data = await self._read_vertices(handle, layout, low, high - low)
+                    first, count, _skip = las.vertex_span(start, stop)
+                    data = await self._read_vertices(handle, layout, first, count)
                     into = push if start >= PUSH_GAP and stop <= PASS_PUSH else None
                     part = await trio.to_thread.run_sync(
                         self._pass_piece, data, found, start, stop, into
@@ -260,7 +259,7 @@ class LasViews:
         if push is None:
             return las.bounds(data, found.layout, found.offsets)
         records, part = las.points_and_bounds(data, found.layout, found.offsets)
-        skip = (start - las.HEADER_SIZE) % las.POINT_SIZE  # into the first vertex's record
+        skip = las.vertex_span(start, stop)[2]
         push(start, records[skip : skip + (stop - start)])  # no copy: the kernel copies
         return part
 
@@ -369,15 +368,13 @@ class LasViews:
     async def _points(self, base: OpenFile, found: _Las, offset: int, end: int) -> Buffer:
         """LAS bytes ``[offset, end)``, all past the header: one PLY range, converted."""
         layout = found.layout
-        low, high = offset - las.HEADER_SIZE, end - las.HEADER_SIZE
-        first, last = low // las.POINT_SIZE, -(-high // las.POINT_SIZE)
-        data = await self._read_vertices(base, layout, first, last - first)
-        if last - first > INLINE_POINTS:
+        first, count, skip = las.vertex_span(offset, end)
+        data = await self._read_vertices(base, layout, first, count)
+        if count > INLINE_POINTS:
             records = await trio.to_thread.run_sync(las.points, data, layout, found.offsets)
         else:
             records = las.points(data, layout, found.offsets)
-        skip = low - first * las.POINT_SIZE
-        return records[skip : skip + (high - low)]
+        return records[skip : skip + (end - offset)]
 
     async def _read_vertices(
         self, base: OpenFile, layout: PlyLayout, first: int, count: int

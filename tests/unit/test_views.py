@@ -289,3 +289,11 @@ def test_a_read_that_showed_nothing_reopens_on_the_new_version_once_shown_it_fai
         assert h.base is old_base
 
     trio.run(main)
+
+
+def test_a_las_byte_range_maps_onto_the_vertices_that_hold_it() -> None:
+    header, point = las.HEADER_SIZE, las.POINT_SIZE
+    assert las.vertex_span(0, header) == (0, 0, 0)  # the header alone: no vertex
+    assert las.vertex_span(0, header + 1) == (0, 1, 0)
+    assert las.vertex_span(header + 5 * point + 3, header + 7 * point) == (5, 2, 3)
+    assert las.vertex_span(header + 5 * point, header + 5 * point + 1) == (5, 1, 0)
