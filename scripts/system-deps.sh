@@ -2,7 +2,7 @@
 # Install the Debian packages cupixfs needs (FUSE 3 and the headers to build pyfuse3),
 # plus the tools its tests and benchmarks drive. Does nothing when all are present.
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config unzip curl)
+packages=(fuse3 libfuse3-dev pkg-config unzip curl openssl)  # openssl: the TLS tests make a certificate
 [ "${1:-}" = "--bench" ] && packages+=(rclone iproute2)
 missing=()
 for p in "${packages[@]}"; do
