@@ -318,6 +318,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SIZE",
     ),
     Setting(
+        "walk_ahead",
+        SIZE,
+        "bytes of files fetched ahead of a reader that walks the tree (cp -r, rsync), "
+        "0 for none (default 16M)",
+        16 << 20,
+        commands=_MOUNTS,
+        metavar="SIZE",
+    ),
+    Setting(
         "timeout",
         SECONDS,
         "seconds a read or listing may wait on the network before it fails with EIO",
@@ -441,6 +450,8 @@ class MountConfig:
     #: 0 means auto: a tenth of the cache filesystem's free space (see `cupixfs.data.disk_cache`).
     cache_size: int
     memory_cache: int
+    #: File bytes fetched ahead of a reader walking the tree (0: none; `cupixfs.fs.walk`).
+    walk_ahead: int
     #: Longest a read or listing may wait on the network before EIO.
     timeout: float
     #: How long listings and attributes are trusted before the API is asked again.

@@ -44,6 +44,8 @@ WHOLE_FILE = MAX_WINDOW
 
 #: Small documents kept whole (their sizes are kept for all of them).
 STATIC_KEPT = 256
+#: Versions remembered as fetched whole ahead of their reader (`DataStore.prefetch`).
+AHEAD_KEPT = 64
 #: What a read returns: a view into a cached block where it can (no copy), else bytes.
 Buffer = bytes | memoryview
 
@@ -127,6 +129,9 @@ class DataStore:
         #: Where streams and disk writes run (set by `start`); None: no read-ahead.
         self.background: trio.Nursery | None = None
         self.streams_started = 0
+        #: Files fetched whole ahead of a reader walking the tree (`prefetch`).
+        self.files_ahead = 0
+        self._ahead: cachetools.LRUCache[str, bool] = cachetools.LRUCache(AHEAD_KEPT)
         #: Reads derived files (zip members, LAS views) through this store; set by the mount.
         self.derived: DerivedFiles | None = None
 
@@ -193,6 +198,13 @@ class DataStore:
                 return known[0]
             return len(await self._load_static(source))
         return (await self._remote_stat(source)).size
+
+    def known_size(self, source: RemoteFile) -> int | None:
+        """*source*'s size as far as it is known without a request (None: not known)."""
+        cached = self._stats.get(source.key)
+        if cached is not None:
+            return cached[0].size
+        return source.size if source.size else None
 
     async def _remote_stat(self, source: RemoteFile) -> RemoteStat:
         """Size and ETag: from memory while fresh, else from disk, the API, or one probe.
@@ -297,10 +309,17 @@ class DataStore:
         if source.live:
             return await source.load()
         data = self._static.get(source.key)
-        if data is None:
-            data = await source.load()
-            self._static[source.key] = data
-            self._static_sizes[source.key] = (len(data), trio.current_time() + self._static_ttl)
+        if data is not None:
+            return data
+        async with self._lock(source.key):  # one API call, however many ask at once
+            data = self._static.get(source.key)
+            if data is None:
+                data = await source.load()
+                self._static[source.key] = data
+                self._static_sizes[source.key] = (
+                    len(data),
+                    trio.current_time() + self._static_ttl,
+                )
         return data
 
     # -- bytes -------------------------------------------------------------
@@ -331,6 +350,35 @@ class DataStore:
                 cached_version, handle.version
             )
         return handle
+
+    async def prefetch(
+        self, source: RemoteFile, push: Callable[[], Push | None]
+    ) -> tuple[int, str | None]:
+        """Fetch *source* whole into the caches, as a reader's first read from its start
+        would, for a reader that is about to open it (`cupixfs.fs.walk`).
+
+        The size is checked at storage first (what the open would do). Only a file the
+        first read would fetch whole (at most ``WHOLE_FILE``) is fetched; its blocks go
+        to *push* (called once the size is checked, so that it belongs to the version
+        the kernel is shown) as they arrive. Returns the file's size and the version
+        fetched (None: not fetched).
+        """
+        stat = await self._remote_stat(source)
+        if stat.stated:
+            stat = await self._confirm(source)
+        if self.background is None or stat.size > WHOLE_FILE or stat.size <= len(stat.head):
+            return stat.size, None
+        version = _version(source, stat)
+        self.files_ahead += 1
+        self._ahead[version] = True
+        self._run_stream(self._stream(source, stat, version, 0, push()), 0, stat.size)
+        return stat.size, version
+
+    def held(self, version: str, size: int) -> list[tuple[int, bytes]]:
+        """``(offset, bytes)`` of the blocks of *version* (*size* bytes long) in memory."""
+        bs = self._blocks.block_size
+        found = ((i * bs, self._blocks.cached(version, i)) for i in range(-(-size // bs)))
+        return [(offset, data) for offset, data in found if data is not None]
 
     def release(self, handle: OpenFile) -> None:
         """The file was closed: stop its stream (claimed blocks go to other readers)."""
@@ -399,6 +447,8 @@ class DataStore:
             return b""
         version = _version(source, stat)
         window = handle.readahead.observe(offset, end - offset)
+        if version in self._ahead:
+            window = 0  # fetched whole, and pushed, ahead of this reader: no second stream
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
         if handle.limit is not None:
@@ -463,8 +513,14 @@ class DataStore:
     ) -> None:
         """Give the handle a sequential stream from *offset*'s block on; its first blocks
         are claimed before this returns, so the read that started it waits for them."""
-        assert self.background is not None
-        stream = SequentialStream(
+        stream = self._stream(source, stat, version, offset, handle.push)
+        handle.stream = stream
+        self._run_stream(stream, end, window)
+
+    def _stream(
+        self, source: RemoteFile, stat: RemoteStat, version: str, offset: int, push: Push | None
+    ) -> SequentialStream:
+        return SequentialStream(
             self._blocks,
             self._fetcher,
             self._sink,
@@ -474,11 +530,14 @@ class DataStore:
             stat.size,
             stat.etag,
             offset,
-            handle.push,
+            push,
         )
-        handle.stream = stream
+
+    def _run_stream(self, stream: SequentialStream, seen: int, window: int) -> None:
+        """Start *stream* with *window* bytes past *seen* claimed at once."""
+        assert self.background is not None
         self.streams_started += 1
-        stream.advance(end, window)
+        stream.advance(seen, window)
         stream.prime()
         self.background.start_soon(stream.run)
 

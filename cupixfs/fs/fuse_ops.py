@@ -224,7 +224,7 @@ class CupixOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh, keep, live = await self._vfs.open(inode)
+        fh, keep, live = await self._vfs.open(inode, ctx.pid)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep, direct_io=live)
 
     @_errors

@@ -19,6 +19,7 @@ from cupixfs.data.fetch import PROBES_AT_ONCE
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.store import Buffer, DataStore, OpenFile
 from cupixfs.fs.pagecache import KernelCache
+from cupixfs.fs.walk import WalkAhead
 from cupixfs.namespace.nodes import DirNode, FileNode, LinkNode, Node
 from cupixfs.namespace.tree import Namespace
 
@@ -76,8 +77,16 @@ class Vfs:
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
+        #: Files fetched ahead of the kernel's knowing them: (version, size) to push.
+        self._unpushed: dict[int, tuple[str, int]] = {}
         self._dropped_since_give_back = 0
         namespace.on_drop = self._dropped
+        #: Fetches ahead of a reader walking the tree (``cp -r``); runs once `start`ed.
+        self.walk = WalkAhead(namespace, namespace.listdir, self._fetch_ahead, self._weight)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run what works in the background (the walk-ahead) in *nursery*."""
+        self.walk.start(nursery)
 
     def _attr(self, inode: int, node: Node, size: int | None) -> Attr:
         mtime = node.mtime or self._started
@@ -107,17 +116,32 @@ class Vfs:
             raise NotADirectory(name) from None
         self.namespace.ref(inode)  # held while its attributes are learnt, kept if they are
         try:
-            return await self.getattr(inode)
+            attr = await self.getattr(inode)
         except BaseException:
             self.namespace.unref(inode)
             raise
+        self._kernel_learns(inode)
+        return attr
 
     # -- what the kernel knows -------------------------------------------------------------
 
     def remember(self, inode: int) -> bool:
         """Count one lookup of an entry a listing returned to the kernel; False (count
-        nothing, return nothing) when that inode has been dropped meanwhile."""
-        return self.namespace.ref(inode)
+        nothing, return nothing) when that inode has been dropped meanwhile.
+
+        A file fetched ahead before the kernel knew it could not have its blocks pushed
+        (the kernel takes pushes only for inodes it knows): they are pushed now.
+        """
+        if not self.namespace.ref(inode):
+            return False
+        self._kernel_learns(inode)
+        return True
+
+    def _kernel_learns(self, inode: int) -> None:
+        """The kernel is being told of *inode*: push what was fetched ahead of it."""
+        unpushed = self._unpushed.pop(inode, None)
+        if unpushed is not None and self._kernel_version.get(inode) == unpushed[0]:
+            self.kernel.push_when_known(inode, self.data.held(*unpushed))
 
     def known(self, inode: int) -> bool:
         return self.namespace.known(inode)
@@ -147,6 +171,8 @@ class Vfs:
         """The namespace dropped *inode*; *last_of* is the key of the file whose last
         inode it was, whose sizes, documents and signed URL can go too."""
         self._kernel_version.pop(inode, None)
+        self._unpushed.pop(inode, None)
+        self.walk.forget(inode)
         self._dropped_since_give_back += 1
         self.kernel.forget(inode)
         if last_of is not None:
@@ -210,10 +236,11 @@ class Vfs:
             for name, child, node in nodes
         ]
 
-    async def open(self, inode: int) -> tuple[int, bool, bool]:
+    async def open(self, inode: int, pid: int = 0) -> tuple[int, bool, bool]:
         """A handle for reading *inode*, whether the kernel may keep the pages it already
         has of it, and whether it must bypass its page cache altogether.
 
+        *pid* is the opening process's: the walk-ahead follows each process's opens.
         Live documents (the status file) change between opens, so they bypass the
         page cache. A remote file's pages may be kept across opens only while its
         version is the one they were read from.
@@ -233,7 +260,41 @@ class Vfs:
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         if handle.version is not None:
             self._kernel_version[inode] = handle.version
+        self.walk.opened(inode, pid)
         return fh, keep, live
+
+    def _weight(self, inode: int) -> int | None:
+        """For the walk-ahead: the bytes a reader will read of *inode*, as far as is
+        known without a request (None: not known yet)."""
+        node = self.namespace.node(inode) if self.namespace.known(inode) else None
+        source = node.source if isinstance(node, FileNode) else None
+        if not isinstance(source, RemoteFile):
+            return 0
+        return self.data.known_size(source)
+
+    async def _fetch_ahead(self, inode: int) -> None:
+        """For the walk-ahead: get *inode* ready for a reader about to open it, as its
+        listing, open and first read would.
+
+        A file open now is its reader's business, and is left alone. Its pages pushed
+        into the kernel's page cache belong to the version checked here, which is
+        recorded as the kernel's: the reader's open then keeps them (``keep_cache``), and
+        its reads never reach this process.
+        """
+        if not self.namespace.known(inode) or any(i == inode for i, _ in self._handles.values()):
+            return
+        node = self.namespace.node(inode)
+        source = node.source if isinstance(node, FileNode) else None
+        if isinstance(source, StaticFile) and not source.live:
+            await self.data.size(source)  # a document from the API: loaded once, kept
+            return
+        if not isinstance(source, RemoteFile):
+            return  # derived files are made from their archive as they are read
+        size, version = await self.data.prefetch(source, lambda: self.kernel.pusher(inode))
+        if version is not None and self.namespace.known(inode):
+            self._kernel_version[inode] = version
+            if self.namespace.node(inode).refs == 0:  # not in the kernel yet: see `remember`
+                self._unpushed[inode] = (version, size)
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
         try:

@@ -194,6 +194,11 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
         vfs = Vfs(namespace, data, started)
+        vfs.walk.ahead_bytes = config.walk_ahead
+        vfs.start(background)
+        metrics.add_source(
+            lambda: {"walks_followed": vfs.walk.walks, "files_fetched_ahead": data.files_ahead}
+        )
         # What memory holds per entry, so a test (or a user) sees it follow what is in use.
         metrics.add_source(vfs.table_sizes)
         try:

@@ -110,6 +110,7 @@ def mesh_dir(views: DerivedViews, zip_node: FileNode) -> DirNode:
             mtime=mtime or default_time,
             ctime=zip_node.ctime,
             xattrs=dict(zip_node.xattrs, kind="mesh_folder"),
+            derived=True,
         )
 
     def node(path: tuple[str, ...], thing: _Folder | Member) -> DirNode | FileNode:

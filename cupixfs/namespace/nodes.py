@@ -58,6 +58,9 @@ class DirNode(Node):
     list_children: Callable[[], Awaitable[Children]] | None = None
     lookup_extra: Callable[[str], Awaitable[Node | None]] | None = None
     dynamic: bool = True
+    #: Made from a remote file's bytes (a zip's folders): listing it reads that file, and
+    #: its files are read out of it, so the walk-ahead goes around it.
+    derived: bool = False
 
 
 @dataclass(slots=True)

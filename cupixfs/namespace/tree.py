@@ -244,6 +244,17 @@ class Namespace:
             (name, self._place(directory, name, node, None)) for name, node in listing.names.items()
         ]
 
+    def cached_children(self, inode: int) -> list[int] | None:
+        """The children of directory *inode* in listing order, if its listing is at hand
+        and fresh; None otherwise (no API call: a caller on a hot path only looks)."""
+        node = self._nodes.get(inode)
+        if not isinstance(node, DirNode):
+            return None
+        listing = self._fresh(inode, node)
+        if listing is None:
+            return None
+        return [child for _name, child in self._names(inode, listing)]
+
     async def listdir(self, inode: int) -> list[tuple[str, int]]:
         """``(name, inode)`` of every child, from the cache or one (shared) API listing."""
         directory = self._dir(inode)

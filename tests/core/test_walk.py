@@ -1,0 +1,261 @@
+"""`WalkAhead` without a kernel or a network: which opens count as a walk, the order of the
+walk across directories, and how far ahead it goes."""
+
+from __future__ import annotations
+
+import itertools
+
+import trio
+import trio.testing
+
+from cupixfs.core.errors import AuthError
+from cupixfs.fs.walk import AHEAD_ENTRIES, WalkAhead
+from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
+from cupixfs.namespace.tree import ROOT_INODE, Namespace
+
+MiB = 1 << 20
+
+
+def _folder(*children: tuple[str, Node]) -> DirNode:
+    async def list_children() -> Children:
+        return list(children)
+
+    return DirNode(list_children=list_children)
+
+
+def _tree() -> DirNode:
+    """root/{a/{1,2,3}, b/{4, deep/{5}}, empty/, c/{6, 7}}: files named by their walk order."""
+    return _folder(
+        ("a", _folder(("1", FileNode()), ("2", FileNode()), ("3", FileNode()))),
+        ("b", _folder(("4", FileNode()), ("deep", _folder(("5", FileNode()))))),
+        ("empty", _folder()),
+        ("c", _folder(("6", FileNode()), ("7", FileNode()))),
+    )
+
+
+class _Walk:
+    """A namespace of `_tree`, a walk over it, and what the walk fetched (by file name)."""
+
+    def __init__(self, ahead_bytes: int = 100 * MiB, size: int = MiB) -> None:
+        self.ns = Namespace(_tree())
+        self.fetched: list[str] = []
+        self.listed: list[int] = []
+
+        async def list_dir(inode: int) -> object:
+            self.listed.append(inode)
+            return await self.ns.listdir(inode)
+
+        async def fetch(inode: int) -> None:
+            self.fetched.append(self.ns.node(inode).name)
+
+        self.walk = WalkAhead(self.ns, list_dir, fetch, lambda _inode: size, ahead_bytes)
+
+    async def inode(self, path: str) -> int:
+        """The inode of *path*, listed on the way (as the reader's own readdir does)."""
+        inode = ROOT_INODE
+        for name in path.split("/"):
+            await self.ns.listdir(inode)
+            inode = await self.ns.lookup(inode, name)
+        return inode
+
+    async def open(self, *paths: str, pid: int = 100) -> None:
+        for path in paths:
+            self.walk.opened(await self.inode(path), pid)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def test_the_walk_order_goes_down_and_up_across_directories() -> None:
+    async def main() -> None:
+        w = _Walk()
+        for path in ("a/1", "a/2", "a/3", "b/4", "b/deep/5", "c/6"):
+            await w.inode(path)  # every listing at hand (the reader listed them)
+        await w.ns.listdir(await w.inode("empty"))
+        order = ["a/1", "a/2", "a/3", "b/4", "b/deep/5", "c/6", "c/7"]
+        for here, there in itertools.pairwise(order):
+            assert w.walk.next_file(await w.inode(here)) == await w.inode(there), here
+        assert w.walk.next_file(await w.inode("c/7")) is None
+
+    trio.run(main)
+
+
+def test_the_next_file_is_unknown_where_a_listing_is_not_at_hand() -> None:
+    async def main() -> None:
+        w = _Walk()
+        # b is listed (its 4 is looked up) but not b/deep: what follows 4 is not known.
+        assert w.walk.next_file(await w.inode("b/4")) is None
+
+    trio.run(main)
+
+
+def test_two_files_opened_in_walk_order_start_a_walk_that_fetches_what_follows() -> None:
+    async def main() -> None:
+        w = _Walk()
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1")
+            assert w.fetched == []  # one open is not a walk
+            await w.open("a/2")
+            assert w.fetched == ["3", "4", "5", "6", "7"]
+            assert w.walk.walks == 1
+            await w.open("a/3", "b/4")  # the walk goes on: nothing is fetched twice
+            assert w.fetched == ["3", "4", "5", "6", "7"]
+            assert w.walk.walks == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_opens_out_of_walk_order_fetch_nothing() -> None:
+    async def main() -> None:
+        w = _Walk()
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/3", "a/2", "c/6", "a/1", "a/1")
+            assert w.fetched == []
+            assert w.walk.walks == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_the_walk_goes_no_further_ahead_than_its_bytes() -> None:
+    async def main() -> None:
+        w = _Walk(ahead_bytes=2 * MiB, size=MiB)
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2")
+            assert w.fetched == ["3", "4"]
+            await w.open("a/3")
+            assert w.fetched == ["3", "4", "5"]
+            await w.open("c/6")  # left the walk: nothing more
+            assert w.fetched == ["3", "4", "5"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_file_too_big_to_fetch_ahead_stops_the_walk_there() -> None:
+    async def main() -> None:
+        w = _Walk(ahead_bytes=16 * MiB, size=64 * MiB)
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2")
+            assert w.fetched == ["3"]  # its size is checked (its open would), no further
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_walk_of_ahead_bytes_zero_does_nothing() -> None:
+    async def main() -> None:
+        w = _Walk(ahead_bytes=0)
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2", "a/3")
+            assert w.fetched == [] and w.walk.walks == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_the_walk_lists_only_what_is_not_at_hand() -> None:
+    async def main() -> None:
+        w = _Walk()
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2")
+            b, deep, empty, c = [await w.inode(p) for p in ("b", "b/deep", "empty", "c")]
+            # The reader had listed the root and a; the walk listed the rest, once each.
+            assert sorted(w.listed) == sorted([b, deep, empty, c])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_the_walk_is_bounded_in_entries_too() -> None:
+    async def main() -> None:
+        many = [(str(i), FileNode()) for i in range(AHEAD_ENTRIES * 3)]
+        w = _Walk(size=0)
+        w.ns = Namespace(_folder(("big", _folder(*many))))
+        fetched: list[str] = []
+
+        async def fetch(inode: int) -> None:
+            fetched.append(w.ns.node(inode).name)
+
+        walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: 0)
+        async with trio.open_nursery() as nursery:
+            walk.start(nursery)
+            for name in ("0", "1"):
+                walk.opened(await w.inode(f"big/{name}"), 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fetched == [str(i) for i in range(2, 2 + AHEAD_ENTRIES)]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_each_process_walks_on_its_own() -> None:
+    async def main() -> None:
+        w = _Walk(ahead_bytes=MiB, size=MiB)
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", pid=1)
+            await w.open("c/6", pid=2)  # another process, elsewhere: no walk broken
+            await w.open("a/2", pid=1)
+            assert w.fetched == ["3"] and w.walk.walks == 1
+            await w.open("c/7", pid=2)  # its own walk, from its own last file
+            await w.open("a/3", pid=1)
+            assert w.fetched == ["3", "4"] and w.walk.walks == 2
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_file_of_unknown_size_is_fetched_before_the_walk_goes_on() -> None:
+    async def main() -> None:
+        w = _Walk(ahead_bytes=2 * MiB)
+        sizes: dict[str, int] = {}
+
+        async def fetch(inode: int) -> None:
+            await trio.sleep(0.01)  # its size check
+            name = w.ns.node(inode).name
+            sizes[name] = MiB
+            w.fetched.append(name)
+
+        walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda i: sizes.get(w.ns.node(i).name), 2 * MiB)
+        async with trio.open_nursery() as nursery:
+            walk.start(nursery)
+            for path in ("a/1", "a/2"):
+                walk.opened(await w.inode(path), 100)
+            await trio.sleep(1)
+            assert w.fetched == ["3", "4"]  # each counted once its size was known
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
+    async def main() -> None:
+        w = _Walk()
+        fetched: list[str] = []
+
+        async def list_dir(inode: int) -> object:
+            raise AuthError("the API refused the token")
+
+        async def fetch(inode: int) -> None:
+            fetched.append(w.ns.node(inode).name)
+            raise ValueError("a bug in a fetch")
+
+        walk = WalkAhead(w.ns, list_dir, fetch, lambda _inode: MiB)
+        async with trio.open_nursery() as nursery:
+            walk.start(nursery)
+            for path in ("a/1", "a/2"):  # 3 is fetched (and fails), then b cannot be listed
+                walk.opened(await w.inode(path), 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fetched == ["3"]
+            for path in ("a/3",):  # the next open walks again
+                walk.opened(await w.inode(path), 100)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
