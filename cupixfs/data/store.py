@@ -44,7 +44,7 @@ WHOLE_FILE = MAX_WINDOW
 
 #: Small documents kept whole (their sizes are kept for all of them).
 STATIC_KEPT = 256
-#: Versions remembered as fetched whole ahead of their reader (`DataStore.prefetch`).
+#: Streams of files fetched whole ahead of their reader kept track of (`DataStore.prefetch`).
 AHEAD_KEPT = 64
 #: What a read returns: a view into a cached block where it can (no copy), else bytes.
 Buffer = bytes | memoryview
@@ -131,7 +131,8 @@ class DataStore:
         self.streams_started = 0
         #: Files fetched whole ahead of a reader walking the tree (`prefetch`).
         self.files_ahead = 0
-        self._ahead: cachetools.LRUCache[str, bool] = cachetools.LRUCache(AHEAD_KEPT)
+        #: The streams of files fetched ahead, by version (`prefetch`).
+        self._ahead: cachetools.LRUCache[str, SequentialStream] = cachetools.LRUCache(AHEAD_KEPT)
         #: Reads derived files (zip members, LAS views) through this store; set by the mount.
         self.derived: DerivedFiles | None = None
 
@@ -370,8 +371,8 @@ class DataStore:
             return stat.size, None
         version = _version(source, stat)
         self.files_ahead += 1
-        self._ahead[version] = True
-        self._run_stream(self._stream(source, stat, version, 0, push()), 0, stat.size)
+        stream = self._ahead[version] = self._stream(source, stat, version, 0, push())
+        self._run_stream(stream, 0, stat.size)
         return stat.size, version
 
     def held(self, version: str, size: int) -> list[tuple[int, bytes]]:
@@ -447,8 +448,9 @@ class DataStore:
             return b""
         version = _version(source, stat)
         window = handle.readahead.observe(offset, end - offset)
-        if version in self._ahead:
-            window = 0  # fetched whole, and pushed, ahead of this reader: no second stream
+        ahead = self._ahead.get(version)
+        if ahead is not None and not ahead.stopped:
+            window = 0  # being fetched whole, and pushed, ahead of this reader: no second stream
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
         if handle.limit is not None:
