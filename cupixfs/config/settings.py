@@ -321,7 +321,7 @@ SETTINGS: tuple[Setting, ...] = (
         "walk_ahead",
         SIZE,
         "bytes of files fetched ahead of a reader that walks the tree (cp -r, rsync), "
-        "0 for none (default 16M)",
+        "at most half of --memory-cache; 0 for none (default 16M)",
         16 << 20,
         commands=_MOUNTS,
         metavar="SIZE",

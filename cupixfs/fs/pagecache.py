@@ -23,7 +23,6 @@ import errno
 import functools
 import logging
 import threading
-import time
 from collections.abc import Iterable
 
 import pyfuse3
@@ -32,12 +31,6 @@ import trio
 from cupixfs.data.stream import Push
 
 log = logging.getLogger(__name__)
-
-#: How often, and after how long (growing: 1, 2, 3 ... ms), a push to an inode the kernel
-#: is learning from a listing is tried before it is given up (the reader then reads
-#: through FUSE, from memory).
-KNOWN_ATTEMPTS = 10
-KNOWN_WAIT = 0.001
 
 
 class KernelCache:
@@ -66,13 +59,9 @@ class KernelCache:
         return functools.partial(self._push, inode, epoch)
 
     def _push(self, inode: int, epoch: object, offset: int, data: bytes | memoryview) -> None:
-        self._store(inode, epoch, offset, data)
-
-    def _store(self, inode: int, epoch: object, offset: int, data: bytes | memoryview) -> int:
-        """One push; 0, or the errno it failed with."""
         with self._lock:
             if not self.enabled or self._epochs.get(inode) is not epoch:
-                return errno.ESTALE  # the file changed since: these bytes must not go
+                return  # the file changed since: these bytes must not reach the kernel
             try:
                 # Typed as bytes, but it takes any contiguous buffer (PyObject_GetBuffer):
                 # a memoryview of converted points is pushed without a copy here.
@@ -81,33 +70,23 @@ class KernelCache:
                 if exc.errno == errno.ENOSYS:
                     log.info("the kernel cannot take pushed pages; reads go through FUSE")
                     self.enabled = False
-                else:  # ENOENT: the kernel does not know the inode (yet, or any more)
+                else:  # ENOENT: the kernel forgot the inode meanwhile; nothing to do
                     log.debug("notify_store(%d): %s", inode, exc)
-                return exc.errno or errno.EIO
+                return
             self.pushed_bytes += len(data)
-            return 0
 
-    def push_when_known(self, inode: int, blocks: list[tuple[int, bytes]]) -> None:
-        """Push *blocks* (``(offset, bytes)``) of *inode*'s current version, which the
-        kernel is learning right now (in a listing being returned): it takes pushes for
-        an inode only once the listing's reader has read that entry, a moment after our
-        reply, so the first push is tried again for a little while."""
+    async def push_now(self, inode: int, blocks: list[tuple[int, bytes]]) -> None:
+        """Push *blocks* (``(offset, bytes)``) of *inode*'s current version, and return
+        once they are in (from a worker thread: a push may wait for the kernel)."""
         if not self.enabled or not blocks:
             return
         epoch = self._epochs.setdefault(inode, object())
 
         def push() -> None:
-            for attempt in range(KNOWN_ATTEMPTS):
-                offset, data = blocks[0]
-                if self._store(inode, epoch, offset, data) != errno.ENOENT:
-                    break
-                time.sleep(KNOWN_WAIT * (attempt + 1))
-            else:
-                return
-            for offset, data in blocks[1:]:
-                self._store(inode, epoch, offset, data)
+            for offset, data in blocks:
+                self._push(inode, epoch, offset, data)
 
-        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, push)
+        await trio.to_thread.run_sync(push)
 
     def invalidate(self, inodes: Iterable[int], attr_only: bool = False) -> None:
         """Drop the kernel's pages and attributes of *inodes* (their remote file changed),

@@ -77,7 +77,7 @@ class Vfs:
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
-        #: Files fetched ahead of the kernel's knowing them: (version, size) to push.
+        #: Files fetched ahead of the kernel's knowing them: (version, size), pushed at open.
         self._unpushed: dict[int, tuple[str, int]] = {}
         self._dropped_since_give_back = 0
         namespace.on_drop = self._dropped
@@ -116,32 +116,17 @@ class Vfs:
             raise NotADirectory(name) from None
         self.namespace.ref(inode)  # held while its attributes are learnt, kept if they are
         try:
-            attr = await self.getattr(inode)
+            return await self.getattr(inode)
         except BaseException:
             self.namespace.unref(inode)
             raise
-        self._kernel_learns(inode)
-        return attr
 
     # -- what the kernel knows -------------------------------------------------------------
 
     def remember(self, inode: int) -> bool:
         """Count one lookup of an entry a listing returned to the kernel; False (count
-        nothing, return nothing) when that inode has been dropped meanwhile.
-
-        A file fetched ahead before the kernel knew it could not have its blocks pushed
-        (the kernel takes pushes only for inodes it knows): they are pushed now.
-        """
-        if not self.namespace.ref(inode):
-            return False
-        self._kernel_learns(inode)
-        return True
-
-    def _kernel_learns(self, inode: int) -> None:
-        """The kernel is being told of *inode*: push what was fetched ahead of it."""
-        unpushed = self._unpushed.pop(inode, None)
-        if unpushed is not None and self._kernel_version.get(inode) == unpushed[0]:
-            self.kernel.push_when_known(inode, self.data.held(*unpushed))
+        nothing, return nothing) when that inode has been dropped meanwhile."""
+        return self.namespace.ref(inode)
 
     def known(self, inode: int) -> bool:
         return self.namespace.known(inode)
@@ -252,12 +237,22 @@ class Vfs:
         pushed = isinstance(node.source, RemoteFile | DerivedFile)
         push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
+        keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
+        unpushed = self._unpushed.pop(inode, None)
+        if keep and unpushed is not None and unpushed[0] == handle.version:
+            # Fetched ahead before the kernel knew the file: what has arrived goes into
+            # its page cache now, before the reader's first read (which then never
+            # reaches us); what arrives later comes in the replies to its reads.
+            try:
+                await self.kernel.push_now(inode, self.data.held(*unpushed))
+            except BaseException:
+                self.data.release(handle)
+                raise
         if not self.namespace.ref(inode):  # pinned while open
             self.data.release(handle)
             raise NotFound(f"inode {inode} was forgotten while it was being opened")
         fh = next(self._next_fh)
         self._handles[fh] = (inode, handle)
-        keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         if handle.version is not None:
             self._kernel_version[inode] = handle.version
         self.walk.opened(inode, pid)
@@ -290,10 +285,16 @@ class Vfs:
             return
         if not isinstance(source, RemoteFile):
             return  # derived files are made from their archive as they are read
-        size, version = await self.data.prefetch(source, lambda: self.kernel.pusher(inode))
+        # The kernel takes pushes only for inodes it knows, and the walk often gets to a
+        # file before its reader's listing does: such a file's blocks wait in memory, and
+        # those that have arrived by its open are pushed then (see `open`).
+        known = node.refs > 0
+        size, version = await self.data.prefetch(
+            source, lambda: self.kernel.pusher(inode) if known else None
+        )
         if version is not None and self.namespace.known(inode):
             self._kernel_version[inode] = version
-            if self.namespace.node(inode).refs == 0:  # not in the kernel yet: see `remember`
+            if not known:
                 self._unpushed[inode] = (version, size)
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:

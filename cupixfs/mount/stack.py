@@ -194,7 +194,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         tree.known_records.update(config.records)
         namespace = Namespace(tree.root(), listing_ttl=config.listing_ttl)
         vfs = Vfs(namespace, data, started)
-        vfs.walk.ahead_bytes = config.walk_ahead
+        # What a walk fetches waits in the memory cache for its reader: at most half of it.
+        vfs.walk.ahead_bytes = min(config.walk_ahead, config.memory_cache // 2)
         vfs.start(background)
         metrics.add_source(
             lambda: {"walks_followed": vfs.walk.walks, "files_fetched_ahead": data.files_ahead}
