@@ -68,6 +68,8 @@ _ROWS: list[tuple[str, str, str]] = [
     ("disk_hits", "disk cache hits", "count"),
     ("fetched", "blocks fetched", "count"),
     ("prefetched", "  by read-ahead", "count"),
+    ("walks_followed", "tree walks followed", "count"),
+    ("files_fetched_ahead", "  files fetched ahead", "count"),
     ("hit_ratio", "hit ratio", "text"),
     ("disk_cache_bytes", "disk cache used", "size"),
     ("cache_size", "disk cache bound", "size"),
