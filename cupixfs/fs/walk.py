@@ -166,14 +166,18 @@ class WalkAhead:
 
     async def _files_after(self, inode: int) -> AsyncGenerator[int, None]:
         """The entries after *inode* in the walk (directories, then what they hold),
-        listing directories on the way."""
+        listing the directories below on the way.
+
+        Directories above are climbed only where their listing is at hand: the reader
+        listed them, so it walks there. One it did not list is above where it started
+        (``cp -r videos`` does not list ``/captures``, a listing of thousands).
+        """
         ns = self._namespace
         current = inode
         for _up in range(MAX_UP + 1):
             parent = ns.parent(current)
-            await self._listed(parent)
-            siblings = ns.cached_children(parent) or []
-            if current not in siblings:
+            siblings = ns.cached_children(parent)
+            if siblings is None or current not in siblings:
                 return
             for sibling in siblings[siblings.index(current) + 1 :]:
                 async for entry in self._under(sibling, 0):

@@ -259,3 +259,21 @@ def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_walk_never_lists_a_directory_above_where_its_reader_started() -> None:
+    async def main() -> None:
+        w = _Walk()
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2", "a/3")
+            # The root's listing expires, as if the reader had started in a/ (the root's
+            # listing is not at hand): past a/3 the walk goes no further.
+            w.ns._listings.pop(ROOT_INODE)
+            listed = list(w.listed)
+            await w.open("a/2", pid=200)
+            await w.open("a/3", pid=200)
+            assert w.listed == listed
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
