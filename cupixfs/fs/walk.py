@@ -19,8 +19,8 @@ until the reader moves on.
 
 What it may cost in vain is bounded: one walk is never more than ``ahead_bytes`` of file
 data and ``AHEAD_ENTRIES`` entries ahead of the reader, and goes at most ``MAX_UP``
-directories above the file it started from. A reader that leaves the walk's order (a
-file manager, a random reader) starts nothing.
+directories above the file it started from, and only into those its reader has listed.
+A reader that leaves the walk's order (a file manager, a random reader) starts nothing.
 
 The walk is decided here from the namespace's listings alone; what "listing" and
 "fetching" a node means is the `Vfs`'s (its callbacks), so this module knows the tree's
