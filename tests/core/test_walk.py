@@ -266,14 +266,14 @@ def test_the_walk_never_lists_a_directory_above_where_its_reader_started() -> No
         w = _Walk()
         async with trio.open_nursery() as nursery:
             w.walk.start(nursery)
-            await w.open("a/1", "a/2", "a/3")
-            # The root's listing expires, as if the reader had started in a/ (the root's
-            # listing is not at hand): past a/3 the walk goes no further.
+            second, third = await w.inode("a/2"), await w.inode("a/3")
+            # The root's listing is dropped, as if the reader had started in a/ (its
+            # parent never listed): past a/3 the walk goes no further.
             w.ns._listings.pop(ROOT_INODE)
-            listed = list(w.listed)
-            await w.open("a/2", pid=200)
-            await w.open("a/3", pid=200)
-            assert w.listed == listed
+            w.walk.opened(second, 200)
+            w.walk.opened(third, 200)
+            await trio.testing.wait_all_tasks_blocked()
+            assert w.walk.walks == 1 and w.listed == [] and w.fetched == []
             nursery.cancel_scope.cancel()
 
     trio.run(main)
