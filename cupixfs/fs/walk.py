@@ -19,8 +19,10 @@ until the reader moves on.
 
 What it may cost in vain is bounded: one walk is never more than ``ahead_bytes`` of file
 data and ``AHEAD_ENTRIES`` entries ahead of the reader, and goes at most ``MAX_UP``
-directories above the file it started from, and only into those its reader has listed.
-A reader that leaves the walk's order (a file manager, a random reader) starts nothing.
+directories above the file it started from, only into those its reader has listed, and
+past the end of the reader's directory only once the reader itself has gone from one
+directory into the next (a file manager that reads the first bytes of each file it shows,
+in listing order, never does). A reader that leaves the walk's order starts nothing.
 
 The walk is decided here from the namespace's listings alone; what "listing" and
 "fetching" a node means is the `Vfs`'s (its callbacks), so this module knows the tree's
@@ -69,6 +71,9 @@ class _Reader:
     last: int | None = None
     #: Where the reader is in its walk, as of its last open (None: not walking).
     position: int | None = None
+    #: Whether the walk took the reader from one directory into another: only then does
+    #: the walk go past the end of the reader's directory.
+    crossed: bool = False
     #: Whether a task follows this reader's walk now.
     followed: bool = False
 
@@ -119,10 +124,13 @@ class WalkAhead:
         last, reader.last = reader.last, inode
         if last is None or last == inode or self.next_file(last) != inode:
             reader.position = None  # not (or no longer) walking: what is fetched stays
+            reader.crossed = False
             return
         if reader.position is None:
             self.walks += 1
         reader.position = inode
+        ns = self._namespace
+        reader.crossed = reader.crossed or ns.parent(inode) != ns.parent(last)
         if not reader.followed:
             reader.followed = True
             self._nursery.start_soon(self._follow, reader)
@@ -164,17 +172,20 @@ class WalkAhead:
                 return found
         return 0
 
-    async def _files_after(self, inode: int) -> AsyncGenerator[int, None]:
+    async def _files_after(self, inode: int, climb: bool) -> AsyncGenerator[int, None]:
         """The entries after *inode* in the walk (directories, then what they hold),
         listing the directories below on the way.
 
-        Directories above are climbed only where their listing is at hand: the reader
+        Past the end of *inode*'s directory only if *climb*: a file manager reading the
+        first bytes of each file of the folder it shows opens them in listing order too,
+        but never goes on into the next folder; a copy does, and then the walk does. And
+        directories above are climbed only where their listing is at hand: the reader
         listed them, so it walks there. One it did not list is above where it started
         (``cp -r videos`` does not list ``/captures``, a listing of thousands).
         """
         ns = self._namespace
         current = inode
-        for _up in range(MAX_UP + 1):
+        for _up in range(MAX_UP + 1 if climb else 1):
             parent = ns.parent(current)
             siblings = ns.cached_children(parent)
             if siblings is None or current not in siblings:
@@ -236,7 +247,10 @@ class WalkAhead:
         would be no faster than the reader.
         """
         ahead = entries = 0
-        async with trio.open_nursery() as nursery, aclosing(self._files_after(position)) as walk:
+        async with (
+            trio.open_nursery() as nursery,
+            aclosing(self._files_after(position, reader.crossed)) as walk,
+        ):
             async for entry in walk:
                 if reader.position != position:
                     return

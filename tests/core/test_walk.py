@@ -95,10 +95,12 @@ def test_two_files_opened_in_walk_order_start_a_walk_that_fetches_what_follows()
             await w.open("a/1")
             assert w.fetched == []  # one open is not a walk
             await w.open("a/2")
-            assert w.fetched == ["3", "4", "5", "6", "7"]
+            assert w.fetched == ["3"]  # to the end of the reader's folder
             assert w.walk.walks == 1
-            await w.open("a/3", "b/4")  # the walk goes on: nothing is fetched twice
-            assert w.fetched == ["3", "4", "5", "6", "7"]
+            await w.open("a/3", "b/4")  # into the next folder: the walk goes on past it
+            assert w.fetched == ["3", "5", "6", "7"]
+            await w.open("b/deep/5")  # nothing is fetched twice
+            assert w.fetched == ["3", "5", "6", "7"]
             assert w.walk.walks == 1
             nursery.cancel_scope.cancel()
 
@@ -123,12 +125,12 @@ def test_the_walk_goes_no_further_ahead_than_its_bytes() -> None:
         w = _Walk(ahead_bytes=2 * MiB, size=MiB)
         async with trio.open_nursery() as nursery:
             w.walk.start(nursery)
-            await w.open("a/1", "a/2")
-            assert w.fetched == ["3", "4"]
-            await w.open("a/3")
-            assert w.fetched == ["3", "4", "5"]
-            await w.open("c/6")  # left the walk: nothing more
-            assert w.fetched == ["3", "4", "5"]
+            await w.open("a/1", "a/2", "a/3", "b/4")  # at once: the walk starts at 4
+            assert w.fetched == ["5", "6"]
+            await w.open("b/deep/5")
+            assert w.fetched == ["5", "6", "7"]
+            await w.open("a/1")  # left the walk: nothing more
+            assert w.fetched == ["5", "6", "7"]
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -163,10 +165,10 @@ def test_the_walk_lists_only_what_is_not_at_hand() -> None:
         w = _Walk()
         async with trio.open_nursery() as nursery:
             w.walk.start(nursery)
-            await w.open("a/1", "a/2")
-            b, deep, empty, c = [await w.inode(p) for p in ("b", "b/deep", "empty", "c")]
-            # The reader had listed the root and a; the walk listed the rest, once each.
-            assert sorted(w.listed) == sorted([b, deep, empty, c])
+            await w.open("a/1", "a/2", "a/3", "b/4")
+            deep, empty, c = [await w.inode(p) for p in ("b/deep", "empty", "c")]
+            # The reader had listed the root, a and b; the walk listed the rest, once each.
+            assert sorted(w.listed) == sorted([deep, empty, c])
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -204,8 +206,9 @@ def test_each_process_walks_on_its_own() -> None:
             await w.open("a/2", pid=1)
             assert w.fetched == ["3"] and w.walk.walks == 1
             await w.open("c/7", pid=2)  # its own walk, from its own last file
-            await w.open("a/3", pid=1)
-            assert w.fetched == ["3", "4"] and w.walk.walks == 2
+            assert w.walk.walks == 2
+            await w.open("a/3", "b/4", pid=1)
+            assert w.fetched == ["3", "5"]
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -225,10 +228,10 @@ def test_a_file_of_unknown_size_is_fetched_before_the_walk_goes_on() -> None:
         walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda i: sizes.get(w.ns.node(i).name), 2 * MiB)
         async with trio.open_nursery() as nursery:
             walk.start(nursery)
-            for path in ("a/1", "a/2"):
+            for path in ("a/1", "a/2", "a/3", "b/4"):
                 walk.opened(await w.inode(path), 100)
             await trio.sleep(1)
-            assert w.fetched == ["3", "4"]  # each counted once its size was known
+            assert w.fetched == ["5", "6"]  # each counted once its size was known
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -266,14 +269,29 @@ def test_the_walk_never_lists_a_directory_above_where_its_reader_started() -> No
         w = _Walk()
         async with trio.open_nursery() as nursery:
             w.walk.start(nursery)
-            second, third = await w.inode("a/2"), await w.inode("a/3")
-            # The root's listing is dropped, as if the reader had started in a/ (its
-            # parent never listed): past a/3 the walk goes no further.
+            four, five = await w.inode("b/4"), await w.inode("b/deep/5")
+            # The root's listing is dropped, as if the reader had started in b/ (its
+            # parent never listed): past b/deep/5 the walk goes no further.
             w.ns._listings.pop(ROOT_INODE)
-            w.walk.opened(second, 200)
-            w.walk.opened(third, 200)
+            w.walk.opened(four, 200)
+            w.walk.opened(five, 200)  # into b/deep: the walk may climb, but not to /
             await trio.testing.wait_all_tasks_blocked()
             assert w.walk.walks == 1 and w.listed == [] and w.fetched == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_reader_that_stays_in_its_folder_gets_nothing_of_the_next() -> None:
+    """A file manager reads the first bytes of each file it shows, in listing order."""
+
+    async def main() -> None:
+        w = _Walk()
+        async with trio.open_nursery() as nursery:
+            w.walk.start(nursery)
+            await w.open("a/1", "a/2")
+            await w.open("a/3")
+            assert w.fetched == ["3"] and w.listed == []
             nursery.cancel_scope.cancel()
 
     trio.run(main)

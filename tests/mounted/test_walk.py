@@ -133,7 +133,7 @@ def test_cp_r_of_a_cluster_with_derived_files_is_byte_exact(
 
 
 def test_a_file_fetched_before_the_kernel_knew_it_is_in_its_page_cache_once_opened(
-    mounted: Mount, fake: FakeServer, dataset: dict[str, Any]
+    mounted: Mount, fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
 ) -> None:
     """The walk lists the next sub before its reader does, and the kernel takes no pushes
     for files it does not know yet: their blocks wait in memory, and go into the page
@@ -143,14 +143,16 @@ def test_a_file_fetched_before_the_kernel_knew_it_is_in_its_page_cache_once_open
     cluster = next(c for c in dataset["clusters"] if c["name"] == "Cluster 1")
     source = mounted.path / "clusters" / str(cluster["id"])
     subs = os.listdir(source)  # readdir order
-    first = source / subs[0]
-    files = [first / name for name in os.listdir(first)]
-    files = [f for f in files if f.is_file()][:2]
-    _cat(*files)  # two files of the first sub, in listing order: a walk
+    # A copy of the first two subs: from the first into the second, it walks on past.
+    subprocess.run(
+        ["cp", "-r", str(source / subs[0]), str(source / subs[1]), str(tmp_path)],
+        check=True,
+        timeout=120,
+    )
     _settled(fake, mounted, fetched=1)
     later = next(
         source / sub / pc["attributes"]["name"]
-        for sub in subs[1:]
+        for sub in subs[2:]
         for pc in dataset["pointclouds"]
         if str(pc["id"]) == sub and pc["files"]["cpc"]["size"] > 64 * 1024
     )
