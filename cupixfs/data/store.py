@@ -448,13 +448,13 @@ class DataStore:
             return b""
         version = _version(source, stat)
         window = handle.readahead.observe(offset, end - offset)
-        ahead = self._ahead.get(version)
-        if ahead is not None and not ahead.stopped:
-            window = 0  # being fetched whole, and pushed, ahead of this reader: no second stream
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
         if handle.limit is not None:
             window = min(window, max(0, handle.limit - end))
+        ahead = self._ahead.get(version)
+        if ahead is not None and not ahead.stopped:
+            window = 0  # being fetched whole, and pushed, ahead of this reader: no second stream
         stream = handle.stream
         if window and self.background is not None:
             if stream is not None and stream.version == version and not stream.stopped:

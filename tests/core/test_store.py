@@ -272,3 +272,30 @@ def test_an_exact_read_fetches_just_its_bytes_unless_their_blocks_are_held(
             stack.data.release(handle)
 
     trio.run(main)
+
+
+def test_a_file_being_fetched_ahead_gets_no_second_stream_from_its_reader(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    """The walk-ahead's stream of a file is its reader's: a first read from the file's
+    start (which would otherwise fetch it whole on a stream of its own) joins it."""
+    video = videos(server)[1]
+    expected = blob_bytes(server, video)
+    got = bytearray()
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            inode = await inode_of(stack.vfs, video_path(capture_id, video))
+            source = stack.vfs.namespace.node(inode).source
+            server.faults.update(latency_s=0.2)  # the walk's stream is still on its way
+            _size, version = await stack.data.prefetch(source, lambda: None)
+            assert version is not None
+            handle = await stack.data.open(source, None, None)
+            started = stack.data.streams_started
+            while chunk := await stack.data.read(handle, len(got), MiB):
+                got.extend(chunk)
+            assert stack.data.streams_started == started
+            stack.data.release(handle)
+
+    trio.run(main)
+    assert bytes(got) == expected
