@@ -144,10 +144,10 @@ class WalkAhead:
         current = inode
         while current != ROOT_INODE:
             parent = ns.parent(current)
-            siblings = ns.cached_children(parent)
-            if siblings is None or current not in siblings:
+            siblings = ns.listed_after(parent, current)
+            if siblings is None:
                 return None
-            for sibling in siblings[siblings.index(current) + 1 :]:
+            for sibling in siblings:
                 found = self._first_file(sibling)
                 if found != 0:
                     return found  # a file, or None: a listing is missing
@@ -163,7 +163,7 @@ class WalkAhead:
             return inode
         if not isinstance(node, DirNode) or depth > MAX_UP + 1:
             return 0
-        children = ns.cached_children(inode)
+        children = ns.listed_after(inode)
         if children is None:
             return None
         for child in children:
@@ -187,10 +187,10 @@ class WalkAhead:
         current = inode
         for _up in range(MAX_UP + 1 if climb else 1):
             parent = ns.parent(current)
-            siblings = ns.cached_children(parent)
-            if siblings is None or current not in siblings:
+            siblings = ns.listed_after(parent, current)
+            if siblings is None:
                 return
-            for sibling in siblings[siblings.index(current) + 1 :]:
+            for sibling in siblings:
                 async for entry in self._under(sibling, 0):
                     yield entry
             if parent == ROOT_INODE:
@@ -206,14 +206,14 @@ class WalkAhead:
         if not isinstance(node, DirNode) or depth > MAX_UP:
             return
         await self._listed(inode)
-        for child in ns.cached_children(inode) or []:
+        for child in ns.listed_after(inode) or ():
             async for entry in self._under(child, depth + 1):
                 yield entry
 
     async def _listed(self, inode: int) -> None:
         """List *inode* unless its listing is at hand (then its reader listed it, or an
         earlier round did: listing it again would learn every entry's size again)."""
-        if self._namespace.cached_children(inode) is None:
+        if self._namespace.listed_after(inode) is None:
             await self._list_dir(inode)
 
     # -- the task ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ a new one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import cachetools
@@ -35,6 +35,8 @@ from cupixfs.namespace.nodes import DirNode, FileNode, LinkNode, Node
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+#: Listings whose order `Namespace.listed_after` keeps (the ones a walk is in).
+ORDERS_KEPT = 8
 #: Entries held by cached listings at most (with their nodes: about 1 KiB each).
 MAX_LISTED_ENTRIES = 100_000
 
@@ -91,6 +93,11 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._listings = _Listings(max_listed)
         self._loading: dict[int, trio.Event] = {}
+        #: The order of the listings last asked of by `listed_after` (listing, names,
+        #: name -> position): a few, so that nothing is kept per entry for the others.
+        self._orders: cachetools.LRUCache[int, tuple[_Listing, tuple[str, ...], dict[str, int]]] = (
+            cachetools.LRUCache(ORDERS_KEPT)
+        )
         self._ttl = listing_ttl
         #: Live inodes per file source key: a file's data is forgotten with its last inode.
         self._key_refs: dict[str, int] = {}
@@ -244,16 +251,44 @@ class Namespace:
             (name, self._place(directory, name, node, None)) for name, node in listing.names.items()
         ]
 
-    def cached_children(self, inode: int) -> list[int] | None:
-        """The children of directory *inode* in listing order, if its listing is at hand
-        and fresh; None otherwise (no API call: a caller on a hot path only looks)."""
-        node = self._nodes.get(inode)
+    def listed_after(self, directory: int, after: int | None = None) -> Iterator[int] | None:
+        """The children of *directory* in listing order, from the first or from the one
+        after child *after*, if its listing is at hand and fresh (and holds *after*);
+        None otherwise. No API call: the walk-ahead asks on every open.
+
+        Lazy, and without a scan to find *after*: a walk through a folder of N files
+        asks for the one after each of them, which through a list of the whole listing
+        cost O(N) each time (400 us per open in a folder of 2,000). The order is kept
+        for the few listings last asked of; the iterator ends if the listing is
+        replaced meanwhile.
+        """
+        node = self._nodes.get(directory)
         if not isinstance(node, DirNode):
             return None
-        listing = self._fresh(inode, node)
+        listing = self._fresh(directory, node)
         if listing is None:
             return None
-        return [child for _name, child in self._names(inode, listing)]
+        order = self._orders.get(directory)
+        if order is None or order[0] is not listing or len(order[1]) != len(listing.names):
+            names = tuple(listing.names)
+            order = self._orders[directory] = (listing, names, {n: i for i, n in enumerate(names)})
+        _listing, names, positions = order
+        start = 0
+        if after is not None:
+            child = self._nodes.get(after)
+            if child is None or child.name not in positions:
+                return None
+            if listing.names[child.name].inode != after:
+                return None  # a name now listed for another file
+            start = positions[child.name] + 1
+
+        def children() -> Iterator[int]:
+            for i in range(start, len(names)):
+                if self._listings.get(directory) is not listing:
+                    return  # listed again since: the caller asks again
+                yield self._place(directory, names[i], listing.names[names[i]], None)
+
+        return children()
 
     async def listdir(self, inode: int) -> list[tuple[str, int]]:
         """``(name, inode)`` of every child, from the cache or one (shared) API listing."""

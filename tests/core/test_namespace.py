@@ -218,3 +218,24 @@ def test_the_vfs_drops_what_it_keeps_per_file_and_gives_memory_back_after_a_big_
         give_back()  # returns what the allocator can (a no-op without glibc)
 
     trio.run(main)
+
+
+def test_listed_after_gives_the_children_after_one_in_listing_order() -> None:
+    async def main() -> None:
+        ns = Namespace(_tree({"a": ["videos/1", "videos/2", "videos/3"], "b": []}))
+        assert ns.listed_after(ROOT_INODE) is None  # not listed yet: no API call here
+        (_, a), (_, b) = await ns.listdir(ROOT_INODE)
+        files = [inode for _name, inode in await ns.listdir(a)]
+        assert list(ns.listed_after(a) or ()) == files
+        assert list(ns.listed_after(a, files[0]) or ()) == files[1:]
+        assert list(ns.listed_after(a, files[2]) or ()) == []
+        assert ns.listed_after(a, b) is None  # not a child of a
+        later = ns.listed_after(a, files[0])
+        assert later is not None and next(later) == files[1]
+        ns.expire_listings()  # stale now: nothing is at hand
+        assert ns.listed_after(a) is None
+        await ns.listdir(a)  # listed again: the iterator over the old listing ends
+        assert list(later) == []
+        assert list(ns.listed_after(a, files[0]) or ()) == files[1:]  # same inodes
+
+    trio.run(main)
