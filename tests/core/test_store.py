@@ -288,14 +288,17 @@ def test_a_file_being_fetched_ahead_gets_no_second_stream_from_its_reader(
             inode = await inode_of(stack.vfs, video_path(capture_id, video))
             source = stack.vfs.namespace.node(inode).source
             server.faults.update(latency_s=0.2)  # the walk's stream is still on its way
+            server.stats.reset()
             _size, version = await stack.data.prefetch(source, lambda: None)
             assert version is not None
             handle = await stack.data.open(source, None, None)
             started = stack.data.streams_started
+            got.extend(await stack.data.read(handle, 0, MiB))  # while the walk's runs
+            assert stack.data.streams_started == started
             while chunk := await stack.data.read(handle, len(got), MiB):
                 got.extend(chunk)
-            assert stack.data.streams_started == started
             stack.data.release(handle)
 
     trio.run(main)
     assert bytes(got) == expected
+    assert server.stats.snapshot()["blob_requests"] == 1  # the walk's one GET, and no other
