@@ -352,32 +352,30 @@ class DataStore:
             )
         return handle
 
-    async def prefetch(
-        self, source: RemoteFile, push: Callable[[], Push | None]
-    ) -> tuple[int, str | None]:
+    async def prefetch(self, source: RemoteFile, push: Callable[[], Push | None]) -> str | None:
         """Fetch *source* whole into the caches, as a reader's first read from its start
         would, for a reader that is about to open it (`cupixfs.fs.walk`).
 
         The size is checked at storage first (what the open would do). Only a file the
         first read would fetch whole (at most ``WHOLE_FILE``) is fetched; its blocks go
         to *push* (called once the size is checked, so that it belongs to the version
-        the kernel is shown) as they arrive. Returns the file's size and the version
-        fetched (None: not fetched).
+        the kernel is shown) as they arrive. Returns the version fetched (None: not
+        fetched).
         """
         stat = await self._remote_stat(source)
         if stat.stated:
             stat = await self._confirm(source)
         if self.background is None or stat.size > WHOLE_FILE or stat.size <= len(stat.head):
-            return stat.size, None
+            return None
         version = _version(source, stat)
         self.files_ahead += 1
         stream = self._ahead[version] = self._stream(source, stat, version, 0, push())
         self._run_stream(stream, 0, stat.size)
-        return stat.size, version
+        return version
 
-    def held(self, version: str, size: int) -> list[tuple[int, bytes]]:
-        """``(offset, bytes)`` of the blocks of *version* (*size* bytes long) in memory."""
-        bs = self._blocks.block_size
+    def held(self, source: RemoteFile, version: str) -> list[tuple[int, bytes]]:
+        """``(offset, bytes)`` of the blocks of *source*'s *version* in memory."""
+        bs, size = self._blocks.block_size, self.known_size(source) or 0
         found = ((i * bs, self._blocks.cached(version, i)) for i in range(-(-size // bs)))
         return [(offset, data) for offset, data in found if data is not None]
 

@@ -77,8 +77,9 @@ class Vfs:
         self._next_fh = itertools.count(1)
         #: The version each inode's pages in the kernel's page cache belong to.
         self._kernel_version: dict[int, str] = {}
-        #: Files fetched ahead of the kernel's knowing them: (version, size), pushed at open.
-        self._unpushed: dict[int, tuple[str, int]] = {}
+        #: Files fetched ahead of the kernel's knowing them, pushed at their open (the
+        #: version fetched is the one in `_kernel_version`).
+        self._unpushed: set[int] = set()
         self._dropped_since_give_back = 0
         namespace.on_drop = self._dropped
         #: Fetches ahead of a reader walking the tree (``cp -r``); runs once `start`ed.
@@ -156,7 +157,7 @@ class Vfs:
         """The namespace dropped *inode*; *last_of* is the key of the file whose last
         inode it was, whose sizes, documents and signed URL can go too."""
         self._kernel_version.pop(inode, None)
-        self._unpushed.pop(inode, None)
+        self._unpushed.discard(inode)
         self.walk.forget(inode)
         self._dropped_since_give_back += 1
         self.kernel.forget(inode)
@@ -238,13 +239,14 @@ class Vfs:
         push = self.kernel.pusher(inode) if pushed else None
         handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
-        unpushed = self._unpushed.pop(inode, None)
-        if keep and unpushed is not None and unpushed[0] == handle.version:
+        unpushed = inode in self._unpushed
+        self._unpushed.discard(inode)
+        if keep and unpushed and isinstance(node.source, RemoteFile) and handle.version:
             # Fetched ahead before the kernel knew the file: what has arrived goes into
             # its page cache now, before the reader's first read (which then never
             # reaches us); what arrives later comes in the replies to its reads.
             try:
-                await self.kernel.push_now(inode, self.data.held(*unpushed))
+                await self.kernel.push_now(inode, self.data.held(node.source, handle.version))
             except BaseException:
                 self.data.release(handle)
                 raise
@@ -289,13 +291,13 @@ class Vfs:
         # file before its reader's listing does: such a file's blocks wait in memory, and
         # those that have arrived by its open are pushed then (see `open`).
         known = node.refs > 0
-        size, version = await self.data.prefetch(
+        version = await self.data.prefetch(
             source, lambda: self.kernel.pusher(inode) if known else None
         )
         if version is not None and self.namespace.known(inode):
             self._kernel_version[inode] = version
             if not known:
-                self._unpushed[inode] = (version, size)
+                self._unpushed.add(inode)
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
         try:
