@@ -4,6 +4,8 @@ walk across directories, and how far ahead it goes."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -31,6 +33,15 @@ def _tree() -> DirNode:
         ("empty", _folder()),
         ("c", _folder(("6", FileNode()), ("7", FileNode()))),
     )
+
+
+@asynccontextmanager
+async def _running(walk: WalkAhead) -> AsyncIterator[None]:
+    """*walk* started in a nursery of its own, stopped at the end."""
+    async with trio.open_nursery() as nursery:
+        walk.start(nursery)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 class _Walk:
@@ -90,8 +101,7 @@ def test_the_next_file_is_unknown_where_a_listing_is_not_at_hand() -> None:
 def test_two_files_opened_in_walk_order_start_a_walk_that_fetches_what_follows() -> None:
     async def main() -> None:
         w = _Walk()
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1")
             assert w.fetched == []  # one open is not a walk
             await w.open("a/2")
@@ -102,7 +112,6 @@ def test_two_files_opened_in_walk_order_start_a_walk_that_fetches_what_follows()
             await w.open("b/deep/5")  # nothing is fetched twice
             assert w.fetched == ["3", "5", "6", "7"]
             assert w.walk.walks == 1
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -110,12 +119,10 @@ def test_two_files_opened_in_walk_order_start_a_walk_that_fetches_what_follows()
 def test_opens_out_of_walk_order_fetch_nothing() -> None:
     async def main() -> None:
         w = _Walk()
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/3", "a/2", "c/6", "a/1", "a/1")
             assert w.fetched == []
             assert w.walk.walks == 0
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -123,15 +130,13 @@ def test_opens_out_of_walk_order_fetch_nothing() -> None:
 def test_the_walk_goes_no_further_ahead_than_its_bytes() -> None:
     async def main() -> None:
         w = _Walk(ahead_bytes=2 * MiB, size=MiB)
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/2", "a/3", "b/4")  # at once: the walk starts at 4
             assert w.fetched == ["5", "6"]
             await w.open("b/deep/5")
             assert w.fetched == ["5", "6", "7"]
             await w.open("a/1")  # left the walk: nothing more
             assert w.fetched == ["5", "6", "7"]
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -139,11 +144,9 @@ def test_the_walk_goes_no_further_ahead_than_its_bytes() -> None:
 def test_a_file_too_big_to_fetch_ahead_stops_the_walk_there() -> None:
     async def main() -> None:
         w = _Walk(ahead_bytes=16 * MiB, size=64 * MiB)
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/2")
             assert w.fetched == ["3"]  # its size is checked (its open would), no further
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -151,11 +154,9 @@ def test_a_file_too_big_to_fetch_ahead_stops_the_walk_there() -> None:
 def test_a_walk_of_ahead_bytes_zero_does_nothing() -> None:
     async def main() -> None:
         w = _Walk(ahead_bytes=0)
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/2", "a/3")
             assert w.fetched == [] and w.walk.walks == 0
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -163,13 +164,11 @@ def test_a_walk_of_ahead_bytes_zero_does_nothing() -> None:
 def test_the_walk_lists_only_what_is_not_at_hand() -> None:
     async def main() -> None:
         w = _Walk()
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/2", "a/3", "b/4")
             deep, empty, c = [await w.inode(p) for p in ("b/deep", "empty", "c")]
             # The reader had listed the root, a and b; the walk listed the rest, once each.
             assert sorted(w.listed) == sorted([deep, empty, c])
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -185,13 +184,11 @@ def test_the_walk_is_bounded_in_entries_too() -> None:
             fetched.append(w.ns.node(inode).name)
 
         walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: 0)
-        async with trio.open_nursery() as nursery:
-            walk.start(nursery)
+        async with _running(walk):
             for name in ("0", "1"):
                 walk.opened(await w.inode(f"big/{name}"), 100)
             await trio.testing.wait_all_tasks_blocked()
             assert fetched == [str(i) for i in range(2, 2 + AHEAD_ENTRIES)]
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -199,8 +196,7 @@ def test_the_walk_is_bounded_in_entries_too() -> None:
 def test_each_process_walks_on_its_own() -> None:
     async def main() -> None:
         w = _Walk(ahead_bytes=MiB, size=MiB)
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", pid=1)
             await w.open("c/6", pid=2)  # another process, elsewhere: no walk broken
             await w.open("a/2", pid=1)
@@ -209,7 +205,6 @@ def test_each_process_walks_on_its_own() -> None:
             assert w.walk.walks == 2
             await w.open("a/3", "b/4", pid=1)
             assert w.fetched == ["3", "5"]
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -226,13 +221,11 @@ def test_a_file_of_unknown_size_is_fetched_before_the_walk_goes_on() -> None:
             w.fetched.append(name)
 
         walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda i: sizes.get(w.ns.node(i).name), 2 * MiB)
-        async with trio.open_nursery() as nursery:
-            walk.start(nursery)
+        async with _running(walk):
             for path in ("a/1", "a/2", "a/3", "b/4"):
                 walk.opened(await w.inode(path), 100)
             await trio.sleep(1)
             assert w.fetched == ["5", "6"]  # each counted once its size was known
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -250,8 +243,7 @@ def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
             raise ValueError("a bug in a fetch")
 
         walk = WalkAhead(w.ns, list_dir, fetch, lambda _inode: MiB)
-        async with trio.open_nursery() as nursery:
-            walk.start(nursery)
+        async with _running(walk):
             for path in ("a/1", "a/2"):  # 3 is fetched (and fails), then b cannot be listed
                 walk.opened(await w.inode(path), 100)
             await trio.testing.wait_all_tasks_blocked()
@@ -259,7 +251,6 @@ def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
             for path in ("a/3",):  # the next open walks again
                 walk.opened(await w.inode(path), 100)
             await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -267,8 +258,7 @@ def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
 def test_the_walk_never_lists_a_directory_above_where_its_reader_started() -> None:
     async def main() -> None:
         w = _Walk()
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             four, five = await w.inode("b/4"), await w.inode("b/deep/5")
             # The root's listing is dropped, as if the reader had started in b/ (its
             # parent never listed): past b/deep/5 the walk goes no further.
@@ -277,7 +267,6 @@ def test_the_walk_never_lists_a_directory_above_where_its_reader_started() -> No
             w.walk.opened(five, 200)  # into b/deep: the walk may climb, but not to /
             await trio.testing.wait_all_tasks_blocked()
             assert w.walk.walks == 1 and w.listed == [] and w.fetched == []
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -287,11 +276,9 @@ def test_a_reader_that_stays_in_its_folder_gets_nothing_of_the_next() -> None:
 
     async def main() -> None:
         w = _Walk()
-        async with trio.open_nursery() as nursery:
-            w.walk.start(nursery)
+        async with _running(w.walk):
             await w.open("a/1", "a/2")
             await w.open("a/3")
             assert w.fetched == ["3"] and w.listed == []
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
