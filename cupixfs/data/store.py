@@ -44,7 +44,7 @@ WHOLE_FILE = MAX_WINDOW
 
 #: Small documents kept whole (their sizes are kept for all of them).
 STATIC_KEPT = 256
-#: Streams of files fetched whole ahead of their reader kept track of (`DataStore.prefetch`).
+#: Streams of files fetched whole ahead of their reader kept track of (`DataStore.fetch_ahead`).
 AHEAD_KEPT = 64
 #: What a read returns: a view into a cached block where it can (no copy), else bytes.
 Buffer = bytes | memoryview
@@ -129,9 +129,9 @@ class DataStore:
         #: Where streams and disk writes run (set by `start`); None: no read-ahead.
         self.background: trio.Nursery | None = None
         self.streams_started = 0
-        #: Files fetched whole ahead of a reader walking the tree (`prefetch`).
+        #: Files fetched whole ahead of a reader walking the tree (`fetch_ahead`).
         self.files_ahead = 0
-        #: The streams of files fetched ahead, by version (`prefetch`).
+        #: The streams of files fetched ahead, by version (`fetch_ahead`).
         self._ahead: cachetools.LRUCache[str, SequentialStream] = cachetools.LRUCache(AHEAD_KEPT)
         #: Reads derived files (zip members, LAS views) through this store; set by the mount.
         self.derived: DerivedFiles | None = None
@@ -352,7 +352,7 @@ class DataStore:
             )
         return handle
 
-    async def prefetch(self, source: RemoteFile, push: Callable[[], Push | None]) -> str | None:
+    async def fetch_ahead(self, source: RemoteFile, push: Callable[[], Push | None]) -> str | None:
         """Fetch *source* whole into the caches, as a reader's first read from its start
         would, for a reader that is about to open it (`cupixfs.fs.walk`).
 

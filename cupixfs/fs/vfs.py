@@ -291,7 +291,7 @@ class Vfs:
         # file before its reader's listing does: such a file's blocks wait in memory, and
         # those that have arrived by its open are pushed then (see `open`).
         known = node.refs > 0
-        version = await self.data.prefetch(
+        version = await self.data.fetch_ahead(
             source, lambda: self.kernel.pusher(inode) if known else None
         )
         if version is not None and self.namespace.known(inode):

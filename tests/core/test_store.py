@@ -289,7 +289,7 @@ def test_a_file_being_fetched_ahead_gets_no_second_stream_from_its_reader(
             source = stack.vfs.namespace.node(inode).source
             server.faults.update(latency_s=0.2)  # the walk's stream is still on its way
             server.stats.reset()
-            version = await stack.data.prefetch(source, lambda: None)
+            version = await stack.data.fetch_ahead(source, lambda: None)
             assert version is not None
             handle = await stack.data.open(source, None, None)
             started = stack.data.streams_started
