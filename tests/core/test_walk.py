@@ -6,14 +6,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 import trio.testing
 
 from cupixfs.core.errors import AuthError
+from cupixfs.fake.server import FakeServer
 from cupixfs.fs.walk import AHEAD_ENTRIES, WalkAhead
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
 from cupixfs.namespace.tree import ROOT_INODE, Namespace
+from tests.core.conftest import stack_of
 
 MiB = 1 << 20
 
@@ -280,5 +283,19 @@ def test_a_reader_that_stays_in_its_folder_gets_nothing_of_the_next() -> None:
             await w.open("a/1", "a/2")
             await w.open("a/3")
             assert w.fetched == ["3"] and w.listed == []
+
+    trio.run(main)
+
+
+def test_a_mount_walks_at_most_half_its_memory_cache_ahead(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """What a walk fetches waits in the memory cache for its reader."""
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path, memory_cache=8 * MiB) as stack:
+            assert stack.vfs.walk.ahead_bytes == 4 * MiB
+        async with stack_of(server, tmp_path, walk_ahead=0) as stack:
+            assert stack.vfs.walk.ahead_bytes == 0
 
     trio.run(main)
