@@ -236,16 +236,22 @@ class RawBody:
         if want <= 0:
             raise Interrupted("past the end of the body")
         if self._leftover:
+            # The body's first bytes came with the head: a whole block still, the rest of
+            # it read now (or what arrived, if the connection fails: the next call says so).
             data = bytes(self._leftover[:want])
             self._leftover = self._leftover[want:]
-        elif self._tls:
-            data = self._read_tls(sock, want)
+            if len(data) < want:
+                with contextlib.suppress(Interrupted):
+                    data += self._receive(sock, want - len(data))
         else:
-            data = self._read_plain(sock, want)
+            data = self._receive(sock, want)
         self.left -= len(data)
         if self.left == 0:
             self._finished()
         return data
+
+    def _receive(self, sock: socket.socket, want: int) -> bytes:
+        return self._read_tls(sock, want) if self._tls else self._read_plain(sock, want)
 
     def _read_plain(self, sock: socket.socket, want: int) -> bytes:
         try:

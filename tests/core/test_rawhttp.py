@@ -3,6 +3,9 @@ server: exact bytes, kept connections, cuts, proxies, and the bodies left to htt
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +118,35 @@ def test_a_sequential_read_is_exact_whatever_the_body(
         # stream that failed leaves its blocks to be fetched one run at a time (80 and more).
         requests = server.stats.snapshot()["blob_requests"]
         assert requests <= 10, requests
+
+
+def test_body_bytes_that_came_with_the_head_still_make_whole_blocks() -> None:
+    """A server may send the head and the body's first bytes in one segment: the first
+    block read is still a whole one (the rest of it read off the socket)."""
+    body = bytes(range(256)) * (3 * MiB // 256)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            conn.sendall(head + body[:1000])  # one segment: the head and 1000 body bytes
+            time.sleep(0.2)  # the reader has the head (and those bytes) by now
+            conn.sendall(body[1000:])
+            conn.recv(1)  # until the client is done
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    raw = RawHttp(TIMEOUT, {})
+    try:
+        head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
+        assert head.status_code == 200 and reply.left == len(body)
+        blocks = [reply.read(MiB) for _ in range(3)]
+        assert [len(block) for block in blocks] == [MiB] * 3
+        assert b"".join(blocks) == body
+    finally:
+        raw.close()
+        listener.close()
+        thread.join(5)
