@@ -343,14 +343,20 @@ class DataStore:
         if isinstance(source, StaticFile):  # one handle reads one consistent document
             handle.snapshot = await self._load_static(source)
         elif isinstance(source, RemoteFile):
-            stat = await self._remote_stat(source)
-            if stat.stated:
-                stat = await self._confirm(source)
+            stat = await self.check(source)
             handle.version = _version(source, stat)
             handle.shown = cached_version is not None and same_version(
                 cached_version, handle.version
             )
         return handle
+
+    async def check(self, source: RemoteFile) -> RemoteStat:
+        """*source*'s size and ETag as storage has them: what an open needs (a size the
+        API stated is confirmed at storage first, see `_confirm`)."""
+        stat = await self._remote_stat(source)
+        if stat.stated:
+            stat = await self._confirm(source)
+        return stat
 
     async def fetch_ahead(self, source: RemoteFile, push: Callable[[], Push | None]) -> str | None:
         """Fetch *source* whole into the caches, as a reader's first read from its start
@@ -362,9 +368,7 @@ class DataStore:
         the kernel is shown) as they arrive. Returns the version fetched (None: not
         fetched).
         """
-        stat = await self._remote_stat(source)
-        if stat.stated:
-            stat = await self._confirm(source)
+        stat = await self.check(source)
         if self.background is None or stat.size > WHOLE_FILE or stat.size <= len(stat.head):
             return None
         version = _version(source, stat)

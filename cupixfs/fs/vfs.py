@@ -269,9 +269,9 @@ class Vfs:
             return 0
         return self.data.known_size(source)
 
-    async def _fetch_ahead(self, inode: int) -> None:
+    async def _fetch_ahead(self, inode: int, whole: bool = True) -> None:
         """For the walk-ahead: get *inode* ready for a reader about to open it, as its
-        listing, open and first read would.
+        listing, open and (with *whole*) first read would.
 
         A file open now is its reader's business, and is left alone. Its pages pushed
         into the kernel's page cache belong to the version checked here, which is
@@ -287,6 +287,9 @@ class Vfs:
             return
         if not isinstance(source, RemoteFile):
             return  # derived files are made from their archive as they are read
+        if not whole:
+            await self.data.check(source)
+            return
         # The kernel takes pushes only for inodes it knows, and the walk often gets to a
         # file before its reader's listing does: such a file's blocks wait in memory, and
         # those that have arrived by its open are pushed then (see `open`).

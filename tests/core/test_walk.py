@@ -52,15 +52,16 @@ class _Walk:
 
     def __init__(self, ahead_bytes: int = 100 * MiB, size: int = MiB) -> None:
         self.ns = Namespace(_tree())
-        self.fetched: list[str] = []
+        self.fetched: list[str] = []  # fetched whole
+        self.checked: list[str] = []  # only what an open needs, past the bytes
         self.listed: list[int] = []
 
         async def list_dir(inode: int) -> object:
             self.listed.append(inode)
             return await self.ns.listdir(inode)
 
-        async def fetch(inode: int) -> None:
-            self.fetched.append(self.ns.node(inode).name)
+        async def fetch(inode: int, whole: bool) -> None:
+            (self.fetched if whole else self.checked).append(self.ns.node(inode).name)
 
         self.walk = WalkAhead(self.ns, list_dir, fetch, lambda _inode: size, ahead_bytes)
 
@@ -136,10 +137,36 @@ def test_the_walk_goes_no_further_ahead_than_its_bytes() -> None:
         async with _running(w.walk):
             await w.open("a/1", "a/2", "a/3", "b/4")  # at once: the walk starts at 4
             assert w.fetched == ["5", "6"]
+            assert w.checked == ["7"]  # past its bytes: only what its open needs
             await w.open("b/deep/5")
-            assert w.fetched == ["5", "6", "7"]
+            assert w.fetched == ["5", "6", "7"]  # now within them: fetched whole
             await w.open("a/1")  # left the walk: nothing more
-            assert w.fetched == ["5", "6", "7"]
+            assert w.fetched == ["5", "6", "7"] and w.checked == ["7"]
+
+    trio.run(main)
+
+
+def test_a_round_does_not_wait_for_the_fetches_it_started() -> None:
+    """A slow fetch (round trips on a link with latency) holds up no later round."""
+
+    async def main() -> None:
+        w = _Walk(ahead_bytes=MiB, size=MiB)
+        started: list[str] = []
+        released = trio.Event()
+
+        async def fetch(inode: int, whole: bool) -> None:
+            name = w.ns.node(inode).name
+            started.append(name)
+            if name == "3":
+                await released.wait()
+
+        w.walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: MiB, MiB)
+        async with _running(w.walk):
+            await w.open("a/1", "a/2")
+            assert started == ["3"]
+            await w.open("a/3", "b/4")  # 3's fetch still runs
+            assert started == ["3", "5", "6", "7"]
+            released.set()
 
     trio.run(main)
 
@@ -183,7 +210,7 @@ def test_the_walk_is_bounded_in_entries_too() -> None:
         w.ns = Namespace(_folder(("big", _folder(*many))))
         fetched: list[str] = []
 
-        async def fetch(inode: int) -> None:
+        async def fetch(inode: int, whole: bool) -> None:
             fetched.append(w.ns.node(inode).name)
 
         walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: 0)
@@ -217,11 +244,11 @@ def test_a_file_of_unknown_size_is_fetched_before_the_walk_goes_on() -> None:
         w = _Walk(ahead_bytes=2 * MiB)
         sizes: dict[str, int] = {}
 
-        async def fetch(inode: int) -> None:
+        async def fetch(inode: int, whole: bool) -> None:
             await trio.sleep(0.01)  # its size check
             name = w.ns.node(inode).name
             sizes[name] = MiB
-            w.fetched.append(name)
+            (w.fetched if whole else w.checked).append(name)
 
         walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda i: sizes.get(w.ns.node(i).name), 2 * MiB)
         async with _running(walk):
@@ -229,6 +256,7 @@ def test_a_file_of_unknown_size_is_fetched_before_the_walk_goes_on() -> None:
                 walk.opened(await w.inode(path), 100)
             await trio.sleep(1)
             assert w.fetched == ["5", "6"]  # each counted once its size was known
+            assert w.checked == ["7"]  # past the bytes
 
     trio.run(main)
 
@@ -241,7 +269,7 @@ def test_a_walk_that_meets_an_error_stops_and_the_mount_goes_on() -> None:
         async def list_dir(inode: int) -> object:
             raise AuthError("the API refused the token")
 
-        async def fetch(inode: int) -> None:
+        async def fetch(inode: int, whole: bool) -> None:
             fetched.append(w.ns.node(inode).name)
             raise ValueError("a bug in a fetch")
 

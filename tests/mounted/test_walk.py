@@ -73,6 +73,33 @@ def test_files_walked_to_are_fetched_before_their_reader_opens_them(
     assert mounted.status()["walks_followed"] >= 2  # each cat walked
 
 
+def test_past_its_bytes_the_walk_checks_what_the_opens_will_need(
+    mounter: Any, fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    """With no bytes to fetch ahead but the next file's, the walk still loads the next
+    subs' documents and makes their files' download calls and size checks: a copy of
+    those subs then waits on no API call at all."""
+    cluster = next(c for c in dataset["clusters"] if c["name"] == "Cluster 1")
+    with mounter("-o", "walk_ahead=1") as m:
+        source = m.path / "clusters" / str(cluster["id"])
+        subs = os.listdir(source)  # readdir order
+        assert len(subs) >= 3
+        # From the first sub into the second: a walk, which goes on past the second.
+        subprocess.run(
+            ["cp", "-r", str(source / subs[0]), str(source / subs[1]), str(tmp_path)],
+            check=True,
+            timeout=60,
+        )
+        _settled(fake, m, fetched=0)
+        assert m.status()["files_fetched_ahead"] <= 2  # one file's bytes ahead, twice
+        fake.stats.reset()
+        copy = tmp_path / "third"
+        subprocess.run(["cp", "-r", str(source / subs[2]), str(copy)], check=True, timeout=60)
+        routes = fake.stats.snapshot()["api_by_route"]
+        assert routes == {}, routes  # no listing, document, or download call
+        subprocess.run(["diff", "-r", str(source / subs[2]), str(copy)], check=True, timeout=60)
+
+
 def test_files_opened_out_of_listing_order_fetch_nothing_ahead(
     mounted: Mount, fake: FakeServer, dataset: dict[str, Any]
 ) -> None:
