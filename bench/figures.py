@@ -422,6 +422,12 @@ def _cpu_note(ctx: Context, key: str, what: str) -> str | None:
     return f"cupixfs CPU {what}: {statistics.median(samples):.2f} s/GiB (median; {_cpu(samples)})"
 
 
+def _add_cpu_note(row: Row, ctx: Context, key: str, what: str) -> None:
+    note = _cpu_note(ctx, key, what)
+    if note:
+        row.notes.append(note)
+
+
 def _try(label: str, measure: Callable[[], T], errors: list[str]) -> T | None:
     """``measure()``, or None with ``label: error`` added to ``errors``."""
     try:
@@ -455,9 +461,7 @@ def cold_seq(ctx: Context) -> Row:
     row.details = {"rclone_off_mb_s": off, "rclone_full_cold_mb_s": full_cold}
     if off is not None and full_cold is not None:
         row.notes.append(f"rclone cold: off {off:.0f} MB/s, full {full_cold:.0f} MB/s")
-    cpu = _cpu_note(ctx, "cupixfs_cold_cpu_s_per_gib", "cold")
-    if cpu:
-        row.notes.append(cpu)
+    _add_cpu_note(row, ctx, "cupixfs_cold_cpu_s_per_gib", "cold")
     row.error = "; ".join(errors) or None
     return row
 
@@ -525,6 +529,7 @@ def warm_remount(ctx: Context) -> Row:
         f"first read {first:.0f} MB/s; server blob_bytes during the warm read: {_mib(sent)}"
         " (0 once the persistent cache works)"
     )
+    _add_cpu_note(row, ctx, "cupixfs_warm_cpu_s_per_gib", "warm")
     errors: list[str] = []
     full = _try("rclone full", lambda: rclone_full(ctx), errors)
     if full is not None:
@@ -543,6 +548,7 @@ def shaped(ctx: Context) -> Row:
     base.mkdir(parents=True, exist_ok=True)
     curl_s: list[float] = []
     mine_s: list[float] = []
+    cpu: list[float] = []
     try:
         with (
             netns.shaped_link(ctx.janitor) as ns,
@@ -557,10 +563,13 @@ def shaped(ctx: Context) -> Row:
                 curl_s.append(curl_read(url, blob.size).mb_s)
                 with ctx.cupixfs("shaped", server=server) as mount:
                     cold(ctx.files(blob))
-                    mine_s.append(dd_read(mount.path / blob.mount_path, blob.size).mb_s)
+                    speed, cpu_per_gib = _read_with_cpu(mount, blob)
+                    mine_s.append(speed)
+                    cpu.append(cpu_per_gib)
             ctx.say(f"shaped link: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
             ctx.samples["shaped_curl_mb_s"] = curl_s
             ctx.samples["shaped_cupixfs_mb_s"] = mine_s
+            ctx.samples["shaped_cpu_s_per_gib"] = cpu
     finally:
         _cleanup(base)
     row.baseline = ctx.median(curl_s)
@@ -568,6 +577,7 @@ def shaped(ctx: Context) -> Row:
     row.ratio = _ratio(row.value, row.baseline)
     row.passed = None if row.ratio is None else row.ratio >= 0.95
     row.notes.append("400 Mbit/s tbf on the server's egress, +20 ms per response")
+    _add_cpu_note(row, ctx, "shaped_cpu_s_per_gib", "shaped")
     return row
 
 
@@ -667,19 +677,24 @@ def las_read(ctx: Context) -> Row:
     points = int(match[1])
     las_size = 227 + 26 * points
     las_path = Path(blob.mount_path).with_name("pointcloud.las")
+    las = Blob(blob.blob_id, las_size, str(las_path), blob.api_path, blob.plain_name)
     ply_s: list[float] = []
     las_s: list[float] = []
+    ply_cpu: list[float] = []
+    las_cpu: list[float] = []
     try:
         for _ in range(ctx.repeat):
-            with ctx.cupixfs("las_read") as mount:
-                cold(ctx.files(blob))
-                ply_s.append(dd_read(mount.path / blob.mount_path, blob.size).mb_s)
-            with ctx.cupixfs("las_read") as mount:
-                cold(ctx.files(blob))
-                las_s.append(dd_read(mount.path / las_path, las_size).mb_s)
+            for read, speeds, cpu in ((blob, ply_s, ply_cpu), (las, las_s, las_cpu)):
+                with ctx.cupixfs("las_read") as mount:
+                    cold(ctx.files(blob))
+                    speed, cpu_per_gib = _read_with_cpu(mount, read)
+                    speeds.append(speed)
+                    cpu.append(cpu_per_gib)
         ctx.say(f"pointcloud.ply {_mbs(ply_s)}; pointcloud.las {_mbs(las_s)}")
         ctx.samples["ply_mb_s"] = ply_s
         ctx.samples["las_mb_s"] = las_s
+        ctx.samples["ply_cpu_s_per_gib"] = ply_cpu
+        ctx.samples["las_cpu_s_per_gib"] = las_cpu
     finally:
         _cleanup(ctx.work / "las_read")
     row.value = ctx.median(las_s)
@@ -693,6 +708,8 @@ def las_read(ctx: Context) -> Row:
         f" {las_points / 1e6:.1f} vs {ply_points / 1e6:.1f} M points/s"
         " (the LAS read includes the bounding-box pass)"
     )
+    for key, what in (("las_cpu_s_per_gib", "LAS"), ("ply_cpu_s_per_gib", "PLY")):
+        _add_cpu_note(row, ctx, key, what)
     return row
 
 
@@ -729,14 +746,19 @@ def rss_2g(ctx: Context) -> Row:
     try:
         with ctx.cupixfs("rss_2g") as mount:
             cold(ctx.files(blob))
+            before = cpu_seconds(mount.pid)
             transfer = dd_read(mount.path / blob.mount_path, blob.size)
+            cpu = (cpu_seconds(mount.pid) - before) / (blob.size / GiB)
             peak = vm_hwm(mount.pid)
     finally:
         _cleanup(ctx.work / "rss_2g")
     row.value = peak / MiB
     row.passed = row.value <= 200
     row.details = {"mb_s": transfer.mb_s}
-    row.notes.append(f"VmHWM of the mount process; the 2 GiB read ran at {transfer.mb_s:.0f} MB/s")
+    row.notes.append(
+        f"VmHWM of the mount process; the 2 GiB read ran at {transfer.mb_s:.0f} MB/s,"
+        f" cupixfs CPU {cpu:.2f} s/GiB"
+    )
     return row
 
 
@@ -760,6 +782,7 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
     cp_s: list[float] = []
     curl_s: list[float] = []
     requests: list[float] = []
+    cpu: list[float] = []
     try:
         for _ in range(ctx.repeat):
             # As a script would: each file's download call, its 302 followed inside the
@@ -786,7 +809,9 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
                     ctx.server.set_faults(latency_s=latency)
                 try:
                     ctx.server.reset_stats()
+                    before = cpu_seconds(mount.pid)
                     seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+                    cpu.append((cpu_seconds(mount.pid) - before) / (total / GiB))
                     stats = ctx.server.stats()
                 finally:
                     ctx.server.reset_faults()
@@ -799,6 +824,7 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
         )
         ctx.samples[f"{name}_s"] = cp_s
         ctx.samples[f"{name}_curl_s"] = curl_s
+        ctx.samples[f"{name}_cpu_s_per_gib"] = cpu
     finally:
         _cleanup(base)
     row.value = ctx.median(cp_s)
@@ -811,6 +837,7 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
         f"{len(blobs)} cpc files, {total / MiB:.0f} MiB{late}; ratio = curl time ÷ cp time;"
         f" cp {Transfer(total, row.value).mb_s:.0f} MB/s; {ctx.median(requests):.0f} requests"
     )
+    _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", "cp -r")
     return row
 
 
