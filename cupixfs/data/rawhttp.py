@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes of response head read per system call (the body is read by blocks).
 HEAD_READ = 16 << 10
+#: Most body bytes the kernel gathers before it wakes the receiving thread
+#: (``SO_RCVLOWAT``). Without it, a thread in ``recv(MSG_WAITALL)`` is woken for every
+#: few packets: on a 400 Mbit/s link, 130,000 times for 512 MiB, half a core.
+WAKE_BYTES = 256 << 10
 #: Idle connections kept per host, and for how long.
 IDLE_PER_HOST = 4
 IDLE_SECONDS = 30.0
@@ -224,6 +228,7 @@ class RawBody:
         #: Body bytes still to come (None: the head was refused, there is no body to read).
         self.left = length
         self._timeout = timeout
+        self._lowat = 1
 
     def read(self, want: int) -> bytes:
         """Up to *want* bytes of the body (all of them unless the connection fails; then
@@ -255,6 +260,7 @@ class RawBody:
 
     def _read_plain(self, sock: socket.socket, want: int) -> bytes:
         try:
+            self._wake_after(sock, want)
             data = sock.recv(want, socket.MSG_WAITALL)
         except OSError as exc:  # timed out (EAGAIN), reset, or shut down by `close`
             raise Interrupted(type(exc).__name__) from None
@@ -265,12 +271,35 @@ class RawBody:
         parts = [data]  # a receive timeout or a signal cut it: go on once, then report
         got = len(data)
         try:
+            self._set_lowat(sock, 1)
             more = sock.recv(want - got, socket.MSG_WAITALL)
         except OSError:
             more = b""
         if more:
             parts.append(more)
         return b"".join(parts)
+
+    def _wake_after(self, sock: socket.socket, want: int) -> None:
+        """Let the kernel wake this thread only once many bytes have arrived.
+
+        Only while more than ``WAKE_BYTES`` of the body will follow this block: the
+        kernel wakes a waiting reader once that many bytes are queued, so for the last
+        ones it must be 1 (they may be fewer; the head of the next response on a kept
+        connection is, too). And at most a quarter of the receive buffer: a larger mark
+        makes the kernel grow the buffer and clamp the TCP window to the mark, which
+        would slow a link with a long round trip.
+        """
+        assert self.left is not None
+        lowat = 1
+        if self.left - want >= WAKE_BYTES:
+            buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            lowat = max(1, min(WAKE_BYTES, buffer // 4))
+        self._set_lowat(sock, lowat)
+
+    def _set_lowat(self, sock: socket.socket, lowat: int) -> None:
+        if lowat != self._lowat:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            self._lowat = lowat
 
     def _read_tls(self, sock: socket.socket, want: int) -> bytes:
         buffer = bytearray(want)

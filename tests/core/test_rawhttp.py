@@ -150,3 +150,42 @@ def test_body_bytes_that_came_with_the_head_still_make_whole_blocks() -> None:
         raw.close()
         listener.close()
         thread.join(5)
+
+
+def test_a_body_trickling_in_small_packets_ends_without_waiting_for_more() -> None:
+    """The kernel wakes the reader only once many bytes are queued (``SO_RCVLOWAT``), but
+    never waits for more than the body still holds: its last block, and the head of the
+    next response on the kept connection, arrive as soon as they are sent."""
+    body = bytes(range(251)) * ((2 * MiB + 5000) // 251)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()  # one connection only: a retry on a new one fails
+        listener.close()
+        with conn:
+            for _request in range(2):
+                conn.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                conn.sendall(head)
+                for start in range(0, len(body) - 3000, 16384):  # small segments
+                    conn.sendall(body[start : min(start + 16384, len(body) - 3000)])
+                    time.sleep(0.0005)
+                time.sleep(0.3)  # the reader waits for its last block now
+                conn.sendall(body[-3000:])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    raw = RawHttp(httpx.Timeout(10.0), {})
+    try:
+        for _request in range(2):
+            started = time.monotonic()
+            _head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
+            got = b""
+            while reply.left:
+                got += reply.read(MiB)
+            assert got == body
+            assert time.monotonic() - started < 5  # no read waited out its timeout
+    finally:
+        raw.close()
+        thread.join(5)
