@@ -285,15 +285,16 @@ class RawBody:
         Only while more than ``WAKE_BYTES`` of the body will follow this block: the
         kernel wakes a waiting reader once that many bytes are queued, so for the last
         ones it must be 1 (they may be fewer; the head of the next response on a kept
-        connection is, too). And at most a quarter of the receive buffer: a larger mark
-        makes the kernel grow the buffer and clamp the TCP window to the mark, which
-        would slow a link with a long round trip.
+        connection is, too). And at most an eighth of the receive buffer: a mark the
+        buffer cannot hold twice over makes the kernel grow the buffer and clamp the TCP
+        window to the mark, which would slow a link with a long round trip (the buffer
+        grows on its own as the transfer goes, and the mark with it).
         """
         assert self.left is not None
         lowat = 1
         if self.left - want >= WAKE_BYTES:
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            lowat = max(1, min(WAKE_BYTES, buffer // 4))
+            lowat = max(1, min(WAKE_BYTES, buffer // 8))
         self._set_lowat(sock, lowat)
 
     def _set_lowat(self, sock: socket.socket, lowat: int) -> None:
