@@ -70,6 +70,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("prefetched", "  by read-ahead", "count"),
     ("walks_followed", "tree walks followed", "count"),
     ("files_fetched_ahead", "  files fetched ahead", "count"),
+    ("scans_followed", "tree scans listed ahead of", "count"),
     ("hit_ratio", "hit ratio", "text"),
     ("disk_cache_bytes", "disk cache used", "size"),
     ("cache_size", "disk cache bound", "size"),

@@ -186,7 +186,7 @@ class CupixOperations(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
-        self._vfs.opendir(inode)
+        self._vfs.opendir(inode, ctx.pid)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         # The listing is taken on the first readdir (not here) and kept for the

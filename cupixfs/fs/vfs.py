@@ -83,7 +83,9 @@ class Vfs:
         self._dropped_since_give_back = 0
         namespace.on_drop = self._dropped
         #: Fetches ahead of a reader walking the tree (``cp -r``); runs once `start`ed.
-        self.walk = WalkAhead(namespace, namespace.listdir, self._fetch_ahead, self._weight)
+        self.walk = WalkAhead(
+            namespace, namespace.listdir, self._fetch_ahead, self._weight, list_full=self.listdir
+        )
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run what works in the background (the walk-ahead) in *nursery*."""
@@ -145,10 +147,12 @@ class Vfs:
         self._dropped_since_give_back = 0
         return True
 
-    def opendir(self, inode: int) -> None:
-        """An open directory handle pins its inode until `releasedir`."""
+    def opendir(self, inode: int, pid: int = 0) -> None:
+        """An open directory handle pins its inode until `releasedir`. *pid* is the
+        listing process's: the walk-ahead lists ahead of a process that scans the tree."""
         self.namespace.node(inode)
         self.namespace.ref(inode)
+        self.walk.listed(inode, pid)
 
     def releasedir(self, inode: int) -> None:
         self.namespace.unref(inode)

@@ -60,6 +60,10 @@ AHEAD_ENTRIES = 32
 MAX_UP = 2
 #: Files a walk fetches at once.
 FETCHES_AT_ONCE = 4
+#: Directories a scan (``find``, ``du``, ``ls -R``, rsync's file list) is listed ahead.
+DIRS_AHEAD = 8
+#: Entries a scan round looks through for them (a folder of many files holds few folders).
+SCAN_ENTRIES = 256
 #: Reading processes followed at once (the least recent is forgotten).
 READERS = 64
 #: Files remembered as fetched or checked ahead (so a walk resumed further on skips them).
@@ -78,6 +82,11 @@ class _Reader:
     crossed: bool = False
     #: Whether a task follows this reader's walk now.
     followed: bool = False
+    #: The directory it listed last, where its scan is (None: not scanning), and whether a
+    #: task lists ahead of that scan now.
+    last_dir: int | None = None
+    scan_position: int | None = None
+    scanning: bool = False
 
 
 class WalkAhead:
@@ -100,18 +109,22 @@ class WalkAhead:
         fetch: Callable[[int, bool], Awaitable[object]],
         weight: Callable[[int], int | None],
         ahead_bytes: int = AHEAD_BYTES,
+        list_full: Callable[[int], Awaitable[object]] | None = None,
     ) -> None:
         self._namespace = namespace
         self._list_dir = list_dir
+        self._list_full = list_full
         self._fetch = fetch
         self._weight = weight
         self.ahead_bytes = ahead_bytes
         self._readers: cachetools.LRUCache[int, _Reader] = cachetools.LRUCache(READERS)
         self._slots = trio.Semaphore(FETCHES_AT_ONCE)
         self._fetched: OrderedDict[int, bool] = OrderedDict()
+        self._scanned: OrderedDict[int, bool] = OrderedDict()
         self._nursery: trio.Nursery | None = None
-        #: Walks followed (for the status file, and the tests).
+        #: Walks and scans followed (for the status file, and the tests).
         self.walks = 0
+        self.scans = 0
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -138,7 +151,43 @@ class WalkAhead:
             reader.followed = True
             self._nursery.start_soon(self._follow, reader)
 
+    def listed(self, inode: int, pid: int) -> None:
+        """Process *pid* opened directory *inode* to list it: if it is the directory after
+        the one that process listed before, the reader scans the tree, and the next
+        directories are listed ahead of it (with the sizes its stats will ask for)."""
+        if self.ahead_bytes <= 0 or self._nursery is None or self._list_full is None:
+            return
+        reader = self._readers.get(pid)
+        if reader is None:
+            reader = self._readers[pid] = _Reader()
+        last, reader.last_dir = reader.last_dir, inode
+        if last is None or last == inode or self.next_dir(last) != inode:
+            reader.scan_position = None
+            return
+        if reader.scan_position is None:
+            self.scans += 1
+        reader.scan_position = inode
+        if not reader.scanning:
+            reader.scanning = True
+            self._nursery.start_soon(self._follow_scan, reader)
+
     # -- the order of the walk ------------------------------------------------------------
+
+    def next_dir(self, inode: int) -> int | None:
+        """The directory after *inode* in a depth-first walk of the listings at hand: its
+        first subdirectory, else the next directory after it, or None."""
+        ns = self._namespace
+        for child in ns.listed_after(inode) or ():
+            if isinstance(ns.node(child), DirNode):
+                return child
+        current = inode
+        while current != ROOT_INODE:
+            parent = ns.parent(current)
+            for sibling in ns.listed_after(parent, current) or ():
+                if isinstance(ns.node(sibling), DirNode):
+                    return sibling
+            current = parent
+        return None
 
     def next_file(self, inode: int) -> int | None:
         """The file after *inode* in a depth-first walk of the listings at hand, or None
@@ -303,6 +352,62 @@ class WalkAhead:
         finally:
             self._slots.release()
 
+    async def _follow_scan(self, reader: _Reader) -> None:
+        """List ahead of a scanning *reader* until it stops scanning or the listing is
+        far enough ahead of where it is (its next listing in order starts this again).
+
+        ``ls -lR``, ``find``, ``du`` and rsync's file list read each directory with its
+        entries' sizes, one after another. A sub's listing waits on its ``meta.json``
+        (one API call) and a folder of videos on a size check per video: round trips,
+        which a listing done a few directories ahead overlaps.
+        """
+        assert self._nursery is not None and self._list_full is not None
+        try:
+            while reader.scan_position is not None:
+                position = reader.scan_position
+                dirs = entries = 0
+                try:
+                    async with aclosing(self._files_after(position, True)) as walk:
+                        async for entry in walk:
+                            entries += 1
+                            if reader.scan_position != position or entries > SCAN_ENTRIES:
+                                break
+                            if not isinstance(self._namespace.node(entry), DirNode):
+                                continue
+                            dirs += 1
+                            if dirs > DIRS_AHEAD:
+                                break
+                            if entry in self._scanned:
+                                continue
+                            self._scanned[entry] = True
+                            while len(self._scanned) > REMEMBERED:
+                                self._scanned.popitem(last=False)
+                            await self._slots.acquire()
+                            self._nursery.start_soon(self._scan_one, entry)
+                except Exception as exc:  # whatever it is, never the mount's end
+                    log.debug("list-ahead stopped: %r", unwrap(exc))
+                    return
+                if reader.scan_position == position:
+                    return
+        finally:
+            reader.scanning = False
+
+    async def _scan_one(self, inode: int) -> None:
+        """List *inode* with its entries' sizes; errors are its reader's to meet."""
+        assert self._list_full is not None
+        try:
+            await self._list_full(inode)
+        except Exception as exc:
+            self._scanned.pop(inode, None)
+            error = unwrap(exc)
+            if isinstance(error, CupixError | OSError):
+                log.debug("list-ahead: inode %d not listed: %s", inode, error)
+            else:
+                log.warning("list-ahead: inode %d not listed: %r", inode, error, exc_info=error)
+        finally:
+            self._slots.release()
+
     def forget(self, inode: int) -> None:
-        """*inode* was dropped: it may be fetched again (as a new file)."""
+        """*inode* was dropped: it may be fetched (or listed) again (as a new one)."""
         self._fetched.pop(inode, None)
+        self._scanned.pop(inode, None)

@@ -198,7 +198,11 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         vfs.walk.ahead_bytes = min(config.walk_ahead, config.memory_cache // 2)
         vfs.start(background)
         metrics.add_source(
-            lambda: {"walks_followed": vfs.walk.walks, "files_fetched_ahead": data.files_ahead}
+            lambda: {
+                "walks_followed": vfs.walk.walks,
+                "files_fetched_ahead": data.files_ahead,
+                "scans_followed": vfs.walk.scans,
+            }
         )
         # What memory holds per entry, so a test (or a user) sees it follow what is in use.
         metrics.add_source(vfs.table_sizes)

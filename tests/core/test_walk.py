@@ -13,7 +13,7 @@ import trio.testing
 
 from cupixfs.core.errors import AuthError
 from cupixfs.fake.server import FakeServer
-from cupixfs.fs.walk import AHEAD_ENTRIES, WalkAhead
+from cupixfs.fs.walk import AHEAD_ENTRIES, DIRS_AHEAD, WalkAhead
 from cupixfs.namespace.nodes import Children, DirNode, FileNode, Node
 from cupixfs.namespace.tree import ROOT_INODE, Namespace
 from tests.core.conftest import stack_of
@@ -311,6 +311,67 @@ def test_a_reader_that_stays_in_its_folder_gets_nothing_of_the_next() -> None:
             await w.open("a/1", "a/2")
             await w.open("a/3")
             assert w.fetched == ["3"] and w.listed == []
+
+    trio.run(main)
+
+
+def _scan_walk(w: _Walk, ahead_bytes: int = 100 * MiB) -> tuple[WalkAhead, list[str]]:
+    """A walk over *w*'s tree that records the directories it lists ahead (by name)."""
+    scanned: list[str] = []
+
+    async def list_full(inode: int) -> None:
+        scanned.append(w.ns.node(inode).name)
+
+    async def fetch(inode: int, whole: bool) -> None:
+        pass
+
+    walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: 0, ahead_bytes, list_full)
+    return walk, scanned
+
+
+def test_a_process_that_lists_directories_in_walk_order_gets_the_next_listed_ahead() -> None:
+    async def main() -> None:
+        w = _Walk()
+        walk, scanned = _scan_walk(w)
+        async with _running(walk):
+            root, a, b, c = [await w.inode(p) if p else ROOT_INODE for p in ("", "a", "b", "c")]
+            assert walk.next_dir(root) == a and walk.next_dir(a) == b
+            walk.listed(root, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == []  # one listing is not a scan
+            walk.listed(a, 100)  # the directory after the one it listed: a scan
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == ["b", "deep", "empty", "c"] and walk.scans == 1
+            walk.listed(b, 100)  # on: nothing is listed twice
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == ["b", "deep", "empty", "c"] and walk.scans == 1
+            walk.listed(c, 200)  # another process, one listing: nothing
+            walk.listed(a, 300)
+            walk.listed(c, 300)  # out of order: nothing
+            await trio.testing.wait_all_tasks_blocked()
+            assert walk.scans == 1
+
+    trio.run(main)
+
+
+def test_a_scan_is_listed_ahead_by_directories_and_not_with_walk_ahead_zero() -> None:
+    async def main() -> None:
+        many = [(f"d{i}", _folder()) for i in range(DIRS_AHEAD * 3)]
+        w = _Walk()
+        w.ns = Namespace(_folder(*many))
+        walk, scanned = _scan_walk(w)
+        async with _running(walk):
+            walk.listed(await w.inode("d0"), 100)
+            walk.listed(await w.inode("d1"), 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == [f"d{i}" for i in range(2, 2 + DIRS_AHEAD)]
+        w.ns = Namespace(_folder(*many))
+        walk, scanned = _scan_walk(w, ahead_bytes=0)
+        async with _running(walk):
+            walk.listed(await w.inode("d0"), 100)
+            walk.listed(await w.inode("d1"), 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == [] and walk.scans == 0
 
     trio.run(main)
 

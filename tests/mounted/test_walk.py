@@ -100,6 +100,34 @@ def test_past_its_bytes_the_walk_checks_what_the_opens_will_need(
         subprocess.run(["diff", "-r", str(source / subs[2]), str(copy)], check=True, timeout=60)
 
 
+def test_a_scan_of_the_tree_gets_the_next_folders_listed_ahead(
+    mounted: Mount, fake: FakeServer, dataset: dict[str, Any]
+) -> None:
+    """find (like du, ls -R, rsync's file list) lists folder after folder, each with its
+    entries' sizes: the next subs are listed ahead of it, with their documents loaded and
+    sizes checked, so that listing one later asks nothing of the API or storage."""
+    cluster = next(c for c in dataset["clusters"] if c["name"] == "Cluster 1")
+    source = mounted.path / "clusters" / str(cluster["id"])
+    subs = os.listdir(source)  # readdir order
+    assert len(subs) >= 3
+    # Two subs, each with what is under it (mesh/ folders): from the first into the second.
+    subprocess.run(
+        ["find", str(source / subs[0]), str(source / subs[1]), "-size", "+1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    _settled(fake, mounted, fetched=0)
+    assert mounted.status()["scans_followed"] == 1
+    fake.stats.reset()
+    listing = subprocess.run(
+        ["ls", "-l", str(source / subs[2])], check=True, capture_output=True, timeout=60
+    )
+    assert b"meta.json" in listing.stdout
+    stats = fake.stats.snapshot()
+    assert stats["api_requests"] == 0 and stats["blob_requests"] == 0, stats
+
+
 def test_files_opened_out_of_listing_order_fetch_nothing_ahead(
     mounted: Mount, fake: FakeServer, dataset: dict[str, Any]
 ) -> None:
