@@ -213,6 +213,7 @@ class Context:
         cache: Path | None = None,
         server: Server | None = None,
         captures: tuple[int, ...] = (),
+        extra: tuple[str, ...] = (),
     ) -> Iterator[Mount]:
         """A cupixfs mount under ``work/name``; a fresh cache directory unless ``cache``.
 
@@ -230,6 +231,7 @@ class Context:
             log,
             self.data.captures if server is None else captures,
             self.src,
+            extra,
         ) as mount:
             yield mount
 
@@ -774,6 +776,27 @@ def cp_r_rtt(ctx: Context) -> Row:
     return _cp_r(ctx, "cp_r_rtt", latency=LATENCY_S)
 
 
+def _curl_cpcs(ctx: Context, base: Path, latency: float) -> float:
+    """Seconds for curl to fetch the cluster's cpc files one after another, as a script
+    would: each file's download call, its 302 followed inside the timing (curl -L keeps
+    the connections of both hosts open across files)."""
+    blobs = ctx.data.cpcs
+    total = sum(b.size for b in blobs)
+    dest = fresh_dir(base)
+    args = ["curl", "-sS", "--fail", "-L", "-H", f"X-CUPIX-AUTH: {ctx.server.token}"]
+    for i, blob in enumerate(blobs):
+        args += ["-o", str(dest / f"{i}.cpc"), ctx.server.api_url + blob.api_path]
+    cold(ctx.files(*blobs))
+    if latency:
+        ctx.server.set_faults(latency_s=latency)
+    try:
+        seconds, _ = timed(args, read_timeout(total))
+    finally:
+        ctx.server.reset_faults()
+    _check_copy(dest, len(blobs), total)
+    return seconds
+
+
 def _cp_r(ctx: Context, name: str, latency: float) -> Row:
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
@@ -785,21 +808,7 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
     cpu: list[float] = []
     try:
         for _ in range(ctx.repeat):
-            # As a script would: each file's download call, its 302 followed inside the
-            # timing (curl -L keeps the connections of both hosts open across files).
-            dest = fresh_dir(base / "curl")
-            args = ["curl", "-sS", "--fail", "-L", "-H", f"X-CUPIX-AUTH: {ctx.server.token}"]
-            for i, blob in enumerate(blobs):
-                args += ["-o", str(dest / f"{i}.cpc"), ctx.server.api_url + blob.api_path]
-            cold(ctx.files(*blobs))
-            if latency:
-                ctx.server.set_faults(latency_s=latency)
-            try:
-                seconds, _ = timed(args, read_timeout(total))
-            finally:
-                ctx.server.reset_faults()
-            _check_copy(dest, len(blobs), total)
-            curl_s.append(seconds)
+            curl_s.append(_curl_cpcs(ctx, base / "curl", latency))
 
             with ctx.cupixfs(name) as mount:
                 dest = fresh_dir(base / "copy")
@@ -838,6 +847,80 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
         f" cp {Transfer(total, row.value).mb_s:.0f} MB/s; {ctx.median(requests):.0f} requests"
     )
     _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", "cp -r")
+    return row
+
+
+def rsync_rtt(ctx: Context) -> Row:
+    """``rsync -a`` of the 40-sub cluster, every response 20 ms late, vs curl fetching the
+    same cpc blobs one after another (as in ``cp_r_rtt``): rsync lists the whole tree
+    before it copies, so both the listing ahead of scans and the walk-ahead count."""
+    blobs = ctx.data.cpcs
+    total = sum(b.size for b in blobs)
+    base = ctx.work / "rsync_rtt"
+    row = Row("rsync_rtt", "s", baseline_unit="s", baseline_label="curl", target="≥ 1")
+    rsync_s: list[float] = []
+    curl_s: list[float] = []
+    try:
+        for _ in range(ctx.repeat):
+            curl_s.append(_curl_cpcs(ctx, base / "curl", LATENCY_S))
+            with ctx.cupixfs("rsync_rtt") as mount:
+                dest = fresh_dir(base / "copy")
+                cold(ctx.files(*blobs))
+                source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
+                ctx.server.set_faults(latency_s=LATENCY_S)
+                try:
+                    seconds, _ = timed(
+                        ["rsync", "-a", f"{source}/", f"{dest}/"], read_timeout(total)
+                    )
+                finally:
+                    ctx.server.reset_faults()
+                rsync_s.append(seconds)
+            _check_copy(dest, len(blobs), total)
+        ctx.say(
+            f"rsync -a {', '.join(f'{s:.2f}' for s in rsync_s)} s; curl"
+            f" {', '.join(f'{s:.2f}' for s in curl_s)} s"
+        )
+        ctx.samples["rsync_rtt_s"] = rsync_s
+        ctx.samples["rsync_rtt_curl_s"] = curl_s
+    finally:
+        _cleanup(base)
+    row.value = ctx.median(rsync_s)
+    row.baseline = ctx.median(curl_s)
+    row.ratio = _ratio(row.baseline, row.value)
+    row.passed = None if row.ratio is None else row.ratio >= 1
+    row.notes.append(
+        "40 cpc files, 320 MiB, every response 20 ms late; ratio = curl time ÷ rsync time"
+    )
+    return row
+
+
+def scan_rtt(ctx: Context) -> Row:
+    """``du -s`` of the 40-sub cluster, every response 20 ms late: cupixfs vs the same
+    mount with ``-o walk_ahead=0`` (no listing ahead of a scan), same run."""
+    row = Row("scan_rtt", "s", baseline_unit="s", baseline_label="walk_ahead=0", target="< 1 s")
+    samples: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for _ in range(ctx.repeat):
+            for name, extra in (("on", ()), ("off", ("-o", "walk_ahead=0"))):
+                with ctx.cupixfs("scan_rtt", extra=extra) as mount:
+                    source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
+                    ctx.server.set_faults(latency_s=LATENCY_S)
+                    try:
+                        seconds, _ = timed(["du", "-s", str(source)], 120)
+                    finally:
+                        ctx.server.reset_faults()
+                    samples[name].append(seconds)
+        ctx.say(
+            f"du -s {', '.join(f'{s:.2f}' for s in samples['on'])} s; without listing ahead"
+            f" {', '.join(f'{s:.2f}' for s in samples['off'])} s"
+        )
+    finally:
+        _cleanup(ctx.work / "scan_rtt")
+    row.value = ctx.median(samples["on"])
+    row.baseline = ctx.median(samples["off"])
+    row.ratio = _ratio(row.baseline, row.value)
+    row.passed = row.value < 1
+    row.notes.append("du -s of 40 subs (a meta.json each), every response 20 ms late")
     return row
 
 
@@ -1117,6 +1200,8 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "rss_2g": rss_2g,
     "cp_r": cp_r,
     "cp_r_rtt": cp_r_rtt,
+    "rsync_rtt": rsync_rtt,
+    "scan_rtt": scan_rtt,
     "ls_clusters": ls_clusters,
     "ls_l_500": ls_l_500,
     "find_rss_cached": find_rss_cached,

@@ -534,6 +534,7 @@ def cupixfs_mount(
     log: Path,
     captures: Sequence[int],
     src: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> contextlib.AbstractContextManager[Mount]:
     """``cupixfs mount --foreground``; the mount process is the one whose RSS we read.
 
@@ -555,6 +556,7 @@ def cupixfs_mount(
     ]
     for capture in captures:
         args += ["--capture", str(capture)]
+    args += extra
     return _mounted(janitor, args, mountpoint, log, "cupixfs", {"CUPIX_API_TOKEN": server.token})
 
 

@@ -3,7 +3,7 @@
 # plus the tools its tests and benchmarks drive. Does nothing when all are present.
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config unzip curl openssl)  # openssl: the TLS tests make a certificate
-[ "${1:-}" = "--bench" ] && packages+=(rclone iproute2)
+[ "${1:-}" = "--bench" ] && packages+=(rclone iproute2 rsync)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

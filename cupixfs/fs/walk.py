@@ -1,4 +1,5 @@
-"""Fetching ahead of a reader that walks the tree: ``cp -r``, ``rsync``, ``tar``, a backup.
+"""Fetching ahead of a reader that walks the tree: ``cp -r``, ``rsync``, ``tar``, a backup;
+listing ahead of one that scans it: ``find``, ``du``.
 
 Such a reader opens file after file in listing order, and before the first byte of each
 it waits on a few round trips: the next directory's listing, the size check at open, the
@@ -25,6 +26,10 @@ directories above the file it started from, only into those its reader has liste
 past the end of the reader's directory only once the reader itself has gone from one
 directory into the next (a file manager that reads the first bytes of each file it shows,
 in listing order, never does). A reader that leaves the walk's order starts nothing.
+
+A process that lists folder after folder in that order (``find``, ``du``, ``ls -R``,
+rsync's file list) is scanning the tree, and the next folders are listed ahead of it, with
+the sizes its listings carry (`WalkAhead.listed`).
 
 The walk is decided here from the namespace's listings alone; what "listing" and
 "fetching" a node means is the `Vfs`'s (its callbacks), so this module knows the tree's
