@@ -92,6 +92,9 @@ class _Reader:
     last_dir: int | None = None
     scan_position: int | None = None
     scanning: bool = False
+    #: The directory the scan is within (``find clusters``: clusters; ``find sub0 sub1``:
+    #: their cluster): nothing outside it is listed ahead.
+    scan_top: int = ROOT_INODE
 
 
 class WalkAhead:
@@ -171,12 +174,28 @@ class WalkAhead:
             return
         if reader.scan_position is None:
             self.scans += 1
+            reader.scan_top = last
+        # Within what the reader has scanned so far: `find sub0 sub1` goes from sub0's
+        # tree into sub1, and then scans within their cluster.
+        reader.scan_top = self._common_parent(reader.scan_top, inode)
         reader.scan_position = inode
         if not reader.scanning:
             reader.scanning = True
             self._nursery.start_soon(self._follow_scan, reader)
 
     # -- the order of the walk ------------------------------------------------------------
+
+    def _ancestors(self, inode: int) -> list[int]:
+        """*inode* and the directories above it, up to the root."""
+        chain = [inode]
+        while chain[-1] != ROOT_INODE:
+            chain.append(self._namespace.parent(chain[-1]))
+        return chain
+
+    def _common_parent(self, a: int, b: int) -> int:
+        """The lowest directory above *b* that is *a* or above it."""
+        above_a = set(self._ancestors(a))
+        return next((i for i in self._ancestors(b)[1:] if i in above_a), ROOT_INODE)
 
     def next_dir(self, inode: int) -> int | None:
         """The directory after *inode* in a depth-first walk of the listings at hand: its
@@ -377,6 +396,8 @@ class WalkAhead:
                             entries += 1
                             if reader.scan_position != position or entries > SCAN_ENTRIES:
                                 break
+                            if reader.scan_top not in self._ancestors(entry)[1:]:
+                                break  # past the end of what the reader scans
                             if not isinstance(self._namespace.node(entry), DirNode):
                                 continue
                             dirs += 1

@@ -354,6 +354,28 @@ def test_a_process_that_lists_directories_in_walk_order_gets_the_next_listed_ahe
     trio.run(main)
 
 
+def test_a_scan_lists_nothing_ahead_outside_the_directory_it_scans() -> None:
+    """``find b`` lists b, then b/deep: what follows b (empty, c) is not its to list."""
+
+    async def main() -> None:
+        w = _Walk()
+        walk, scanned = _scan_walk(w)
+        async with _running(walk):
+            b, deep = await w.inode("b"), await w.inode("b/deep")
+            walk.listed(b, 100)
+            walk.listed(deep, 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert walk.scans == 1 and scanned == []
+            a1, a = await w.inode("a/1"), await w.inode("a")
+            assert a1 and walk.next_dir(a) == b
+            walk.listed(a, 200)  # a, then b: the scan is within the root
+            walk.listed(b, 200)
+            await trio.testing.wait_all_tasks_blocked()
+            assert scanned == ["empty", "c"]  # what follows b, within the root
+
+    trio.run(main)
+
+
 def test_a_scan_is_listed_ahead_by_directories_and_not_with_walk_ahead_zero() -> None:
     async def main() -> None:
         many = [(f"d{i}", _folder()) for i in range(DIRS_AHEAD * 3)]
