@@ -69,6 +69,12 @@ FETCHES_AT_ONCE = 4
 DIRS_AHEAD = 8
 #: Entries a scan round looks through for them (a folder of many files holds few folders).
 SCAN_ENTRIES = 256
+#: A listing that takes this long waited on the network (a request on the loopback takes
+#: 1-3 ms). A scan whose first ``DIRS_AHEAD`` listings ahead took less is not followed
+#: further: where listings cost no round trips, listing them twice only costs CPU.
+SLOW_LISTING = 0.010
+#: Directories listed ahead of scans at once (each runs its own size checks at once).
+LISTINGS_AT_ONCE = 2
 #: Reading processes followed at once (the least recent is forgotten).
 READERS = 64
 #: Files remembered as fetched or checked ahead (so a walk resumed further on skips them).
@@ -95,6 +101,9 @@ class _Reader:
     #: The directory the scan is within (``find clusters``: clusters; ``find sub0 sub1``:
     #: their cluster): nothing outside it is listed ahead.
     scan_top: int = ROOT_INODE
+    #: Listings done ahead of this scan, and how many of them waited on the network.
+    scanned: int = 0
+    scanned_slow: int = 0
 
 
 class WalkAhead:
@@ -127,6 +136,7 @@ class WalkAhead:
         self.ahead_bytes = ahead_bytes
         self._readers: cachetools.LRUCache[int, _Reader] = cachetools.LRUCache(READERS)
         self._slots = trio.Semaphore(FETCHES_AT_ONCE)
+        self._listing_slots = trio.Semaphore(LISTINGS_AT_ONCE)
         self._fetched: OrderedDict[int, bool] = OrderedDict()
         self._scanned: OrderedDict[int, bool] = OrderedDict()
         self._nursery: trio.Nursery | None = None
@@ -175,10 +185,13 @@ class WalkAhead:
         if reader.scan_position is None:
             self.scans += 1
             reader.scan_top = last
+            reader.scanned = reader.scanned_slow = 0
         # Within what the reader has scanned so far: `find sub0 sub1` goes from sub0's
         # tree into sub1, and then scans within their cluster.
         reader.scan_top = self._common_parent(reader.scan_top, inode)
         reader.scan_position = inode
+        if reader.scanned >= DIRS_AHEAD and not reader.scanned_slow:
+            return  # its listings cost no round trips: nothing to gain ahead of it
         if not reader.scanning:
             reader.scanning = True
             self._nursery.start_soon(self._follow_scan, reader)
@@ -408,8 +421,8 @@ class WalkAhead:
                             self._scanned[entry] = True
                             while len(self._scanned) > REMEMBERED:
                                 self._scanned.popitem(last=False)
-                            await self._slots.acquire()
-                            self._nursery.start_soon(self._scan_one, entry)
+                            await self._listing_slots.acquire()
+                            self._nursery.start_soon(self._scan_one, reader, entry)
                 except Exception as exc:  # whatever it is, never the mount's end
                     log.debug("list-ahead stopped: %r", unwrap(exc))
                     return
@@ -418,11 +431,15 @@ class WalkAhead:
         finally:
             reader.scanning = False
 
-    async def _scan_one(self, inode: int) -> None:
+    async def _scan_one(self, reader: _Reader, inode: int) -> None:
         """List *inode* with its entries' sizes; errors are its reader's to meet."""
         assert self._list_full is not None
         try:
+            started = trio.current_time()
             await self._list_full(inode)
+            reader.scanned += 1
+            if trio.current_time() - started >= SLOW_LISTING:
+                reader.scanned_slow += 1
         except Exception as exc:
             self._scanned.pop(inode, None)
             error = unwrap(exc)
@@ -431,7 +448,7 @@ class WalkAhead:
             else:
                 log.warning("list-ahead: inode %d not listed: %r", inode, error, exc_info=error)
         finally:
-            self._slots.release()
+            self._listing_slots.release()
 
     def forget(self, inode: int) -> None:
         """*inode* was dropped: it may be fetched (or listed) again (as a new one)."""

@@ -376,6 +376,37 @@ def test_a_scan_lists_nothing_ahead_outside_the_directory_it_scans() -> None:
     trio.run(main)
 
 
+def test_a_scan_is_followed_only_while_its_listings_wait_on_the_network() -> None:
+    """Listing ahead pays where a listing costs round trips; where listings are served at
+    once, a scan is followed for its first listings ahead only."""
+
+    def scan(seconds: float) -> list[str]:
+        many = [(f"d{i}", _folder()) for i in range(40)]
+        w = _Walk()
+        w.ns = Namespace(_folder(*many))
+        scanned: list[str] = []
+
+        async def list_full(inode: int) -> None:
+            await trio.sleep(seconds)
+            scanned.append(w.ns.node(inode).name)
+
+        async def fetch(inode: int, whole: bool) -> None:
+            pass
+
+        async def main() -> None:
+            walk = WalkAhead(w.ns, w.ns.listdir, fetch, lambda _inode: 0, MiB, list_full)
+            async with _running(walk):
+                for i in range(13):
+                    walk.listed(await w.inode(f"d{i}"), 100)
+                    await trio.sleep(1)
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        return scanned
+
+    assert sorted(scan(0.0)) == sorted(f"d{i}" for i in range(2, 2 + DIRS_AHEAD))
+    assert sorted(scan(0.02)) == sorted(f"d{i}" for i in range(2, 13 + DIRS_AHEAD))
+
+
 def test_a_scan_is_listed_ahead_by_directories_and_not_with_walk_ahead_zero() -> None:
     async def main() -> None:
         many = [(f"d{i}", _folder()) for i in range(DIRS_AHEAD * 3)]
