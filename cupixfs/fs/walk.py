@@ -39,7 +39,6 @@ shape and nothing of HTTP, blocks or the kernel.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -137,8 +136,9 @@ class WalkAhead:
         self._readers: cachetools.LRUCache[int, _Reader] = cachetools.LRUCache(READERS)
         self._slots = trio.Semaphore(FETCHES_AT_ONCE)
         self._listing_slots = trio.Semaphore(LISTINGS_AT_ONCE)
-        self._fetched: OrderedDict[int, bool] = OrderedDict()
-        self._scanned: OrderedDict[int, bool] = OrderedDict()
+        #: Files fetched (True) or only checked (False) ahead, and directories listed ahead.
+        self._fetched: cachetools.LRUCache[int, bool] = cachetools.LRUCache(REMEMBERED)
+        self._scanned: cachetools.LRUCache[int, bool] = cachetools.LRUCache(REMEMBERED)
         self._nursery: trio.Nursery | None = None
         #: Walks and scans followed (for the status file, and the tests).
         self.walks = 0
@@ -152,9 +152,7 @@ class WalkAhead:
         process opened before, the reader walks, and the walk goes on ahead of it."""
         if self.ahead_bytes <= 0 or self._nursery is None:
             return
-        reader = self._readers.get(pid)
-        if reader is None:
-            reader = self._readers[pid] = _Reader()
+        reader = self._reader(pid)
         last, reader.last = reader.last, inode
         if last is None or last == inode or self.next_file(last) != inode:
             reader.position = None  # not (or no longer) walking: what is fetched stays
@@ -169,15 +167,19 @@ class WalkAhead:
             reader.followed = True
             self._nursery.start_soon(self._follow, reader)
 
+    def _reader(self, pid: int) -> _Reader:
+        reader = self._readers.get(pid)
+        if reader is None:
+            reader = self._readers[pid] = _Reader()
+        return reader
+
     def listed(self, inode: int, pid: int) -> None:
         """Process *pid* opened directory *inode* to list it: if it is the directory after
         the one that process listed before, the reader scans the tree, and the next
         directories are listed ahead of it (with the sizes its stats will ask for)."""
         if self.ahead_bytes <= 0 or self._nursery is None or self._list_full is None:
             return
-        reader = self._readers.get(pid)
-        if reader is None:
-            reader = self._readers[pid] = _Reader()
+        reader = self._reader(pid)
         last, reader.last_dir = reader.last_dir, inode
         if last is None or last == inode or self.next_dir(last) != inode:
             reader.scan_position = None
@@ -307,23 +309,30 @@ class WalkAhead:
 
     # -- the task ---------------------------------------------------------------------------
 
+    async def _rounds(
+        self,
+        where: Callable[[], int | None],
+        one_round: Callable[[int], Awaitable[None]],
+        what: str,
+    ) -> None:
+        """Run *one_round* from where the reader is (*where*) until it stops, or a round
+        ends with the reader where it started (then its next step starts this again)."""
+        while (position := where()) is not None:
+            try:
+                await one_round(position)
+            except Exception as exc:  # whatever it is, never the mount's end
+                _failed(f"{what} stopped", exc)
+                return
+            if where() == position:
+                return  # as far ahead as it goes, until the reader moves on
+
     async def _follow(self, reader: _Reader) -> None:
         """Walk ahead of *reader* until it stops walking or the walk is far enough ahead
         of where it is; its next open in the walk starts this again."""
         try:
-            while reader.position is not None:
-                position = reader.position
-                try:
-                    await self._walk(reader, position)
-                except Exception as exc:  # whatever it is, never the mount's end
-                    error = unwrap(exc)
-                    if isinstance(error, CupixError | OSError):  # its reader meets it, if real
-                        log.debug("walk-ahead stopped: %s", error)
-                    else:
-                        log.warning("walk-ahead stopped: %r", error, exc_info=error)
-                    return
-                if reader.position == position:
-                    return  # as far ahead as it goes, until the reader moves on
+            await self._rounds(
+                lambda: reader.position, lambda at: self._walk(reader, at), "walk-ahead"
+            )
         finally:
             reader.followed = False
 
@@ -362,8 +371,6 @@ class WalkAhead:
                 done = self._fetched.get(entry)
                 if done is None or (whole and not done):
                     self._fetched[entry] = whole
-                    while len(self._fetched) > REMEMBERED:
-                        self._fetched.popitem(last=False)
                     await self._slots.acquire()
                     if whole and weight is None:  # its size is learnt by its fetch: wait
                         await self._fetch_one(entry, whole)
@@ -381,11 +388,7 @@ class WalkAhead:
             await self._fetch(inode, whole)
         except Exception as exc:
             self._fetched.pop(inode, None)
-            error = unwrap(exc)
-            if isinstance(error, CupixError | OSError):  # its reader meets it, if real
-                log.debug("walk-ahead: inode %d not fetched: %s", inode, error)
-            else:
-                log.warning("walk-ahead: inode %d not fetched: %r", inode, error, exc_info=error)
+            _failed(f"walk-ahead: inode {inode} not fetched", exc)
         finally:
             self._slots.release()
 
@@ -398,38 +401,34 @@ class WalkAhead:
         (one API call) and a folder of videos on a size check per video: round trips,
         which a listing done a few directories ahead overlaps.
         """
-        assert self._nursery is not None and self._list_full is not None
         try:
-            while reader.scan_position is not None:
-                position = reader.scan_position
-                dirs = entries = 0
-                try:
-                    async with aclosing(self._files_after(position, True)) as walk:
-                        async for entry in walk:
-                            entries += 1
-                            if reader.scan_position != position or entries > SCAN_ENTRIES:
-                                break
-                            if reader.scan_top not in self._ancestors(entry)[1:]:
-                                break  # past the end of what the reader scans
-                            if not isinstance(self._namespace.node(entry), DirNode):
-                                continue
-                            dirs += 1
-                            if dirs > DIRS_AHEAD:
-                                break
-                            if entry in self._scanned:
-                                continue
-                            self._scanned[entry] = True
-                            while len(self._scanned) > REMEMBERED:
-                                self._scanned.popitem(last=False)
-                            await self._listing_slots.acquire()
-                            self._nursery.start_soon(self._scan_one, reader, entry)
-                except Exception as exc:  # whatever it is, never the mount's end
-                    log.debug("list-ahead stopped: %r", unwrap(exc))
-                    return
-                if reader.scan_position == position:
-                    return
+            await self._rounds(
+                lambda: reader.scan_position, lambda at: self._scan(reader, at), "list-ahead"
+            )
         finally:
             reader.scanning = False
+
+    async def _scan(self, reader: _Reader, position: int) -> None:
+        """List the directories after *position*, within the reader's scan, up to
+        ``DIRS_AHEAD`` of them, or until the reader has moved."""
+        assert self._nursery is not None
+        dirs = entries = 0
+        async with aclosing(self._files_after(position, True)) as walk:
+            async for entry in walk:
+                entries += 1
+                if reader.scan_position != position or entries > SCAN_ENTRIES:
+                    return
+                if reader.scan_top not in self._ancestors(entry)[1:]:
+                    return  # past the end of what the reader scans
+                if not isinstance(self._namespace.node(entry), DirNode):
+                    continue
+                dirs += 1
+                if dirs > DIRS_AHEAD:
+                    return
+                if entry not in self._scanned:
+                    self._scanned[entry] = True
+                    await self._listing_slots.acquire()
+                    self._nursery.start_soon(self._scan_one, reader, entry)
 
     async def _scan_one(self, reader: _Reader, inode: int) -> None:
         """List *inode* with its entries' sizes; errors are its reader's to meet."""
@@ -442,11 +441,7 @@ class WalkAhead:
                 reader.scanned_slow += 1
         except Exception as exc:
             self._scanned.pop(inode, None)
-            error = unwrap(exc)
-            if isinstance(error, CupixError | OSError):
-                log.debug("list-ahead: inode %d not listed: %s", inode, error)
-            else:
-                log.warning("list-ahead: inode %d not listed: %r", inode, error, exc_info=error)
+            _failed(f"list-ahead: inode {inode} not listed", exc)
         finally:
             self._listing_slots.release()
 
@@ -454,3 +449,13 @@ class WalkAhead:
         """*inode* was dropped: it may be fetched (or listed) again (as a new one)."""
         self._fetched.pop(inode, None)
         self._scanned.pop(inode, None)
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """Log what went wrong ahead of a reader. A network or API error is its reader's to
+    meet, if it is real (debug); anything else is a bug, said as a warning."""
+    error = unwrap(exc)
+    if isinstance(error, CupixError | OSError):
+        log.debug("%s: %s", what, error)
+    else:
+        log.warning("%s: %r", what, error, exc_info=error)
