@@ -797,7 +797,9 @@ def _curl_cpcs(ctx: Context, base: Path, latency: float) -> float:
     return seconds
 
 
-def _cp_r(ctx: Context, name: str, latency: float) -> Row:
+def _cp_r(ctx: Context, name: str, latency: float, tool: str = "cp") -> Row:
+    """A copy of the 40-sub cluster by *tool* (``cp -r`` or ``rsync -a``) against curl
+    fetching its cpc files one after another, each with the same latency, alternating."""
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
     base = ctx.work / name
@@ -819,7 +821,12 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
                 try:
                     ctx.server.reset_stats()
                     before = cpu_seconds(mount.pid)
-                    seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+                    command = (
+                        ["cp", "-r", str(source), str(dest)]
+                        if tool == "cp"
+                        else ["rsync", "-a", f"{source}/", f"{dest}/"]
+                    )
+                    seconds, _ = timed(command, read_timeout(total))
                     cpu.append((cpu_seconds(mount.pid) - before) / (total / GiB))
                     stats = ctx.server.stats()
                 finally:
@@ -828,7 +835,7 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
                 requests.append(stats["api_requests"] + stats["blob_requests"])
             _check_copy(dest, len(blobs), total)
         ctx.say(
-            f"cp -r {', '.join(f'{s:.2f}' for s in cp_s)} s; curl"
+            f"{tool} {', '.join(f'{s:.2f}' for s in cp_s)} s; curl"
             f" {', '.join(f'{s:.2f}' for s in curl_s)} s"
         )
         ctx.samples[f"{name}_s"] = cp_s
@@ -843,55 +850,18 @@ def _cp_r(ctx: Context, name: str, latency: float) -> Row:
     row.details = {"requests": requests}
     late = f"; every response {latency * 1000:.0f} ms late" if latency else ""
     row.notes.append(
-        f"{len(blobs)} cpc files, {total / MiB:.0f} MiB{late}; ratio = curl time ÷ cp time;"
-        f" cp {Transfer(total, row.value).mb_s:.0f} MB/s; {ctx.median(requests):.0f} requests"
+        f"{len(blobs)} cpc files, {total / MiB:.0f} MiB{late}; ratio = curl time ÷ {tool} time;"
+        f" {tool} {Transfer(total, row.value).mb_s:.0f} MB/s; {ctx.median(requests):.0f} requests"
     )
-    _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", "cp -r")
+    _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", tool)
     return row
 
 
 def rsync_rtt(ctx: Context) -> Row:
-    """``rsync -a`` of the 40-sub cluster, every response 20 ms late, vs curl fetching the
-    same cpc blobs one after another (as in ``cp_r_rtt``): rsync lists the whole tree
-    before it copies, so both the listing ahead of scans and the walk-ahead count."""
-    blobs = ctx.data.cpcs
-    total = sum(b.size for b in blobs)
-    base = ctx.work / "rsync_rtt"
-    row = Row("rsync_rtt", "s", baseline_unit="s", baseline_label="curl", target="≥ 1")
-    rsync_s: list[float] = []
-    curl_s: list[float] = []
-    try:
-        for _ in range(ctx.repeat):
-            curl_s.append(_curl_cpcs(ctx, base / "curl", LATENCY_S))
-            with ctx.cupixfs("rsync_rtt") as mount:
-                dest = fresh_dir(base / "copy")
-                cold(ctx.files(*blobs))
-                source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
-                ctx.server.set_faults(latency_s=LATENCY_S)
-                try:
-                    seconds, _ = timed(
-                        ["rsync", "-a", f"{source}/", f"{dest}/"], read_timeout(total)
-                    )
-                finally:
-                    ctx.server.reset_faults()
-                rsync_s.append(seconds)
-            _check_copy(dest, len(blobs), total)
-        ctx.say(
-            f"rsync -a {', '.join(f'{s:.2f}' for s in rsync_s)} s; curl"
-            f" {', '.join(f'{s:.2f}' for s in curl_s)} s"
-        )
-        ctx.samples["rsync_rtt_s"] = rsync_s
-        ctx.samples["rsync_rtt_curl_s"] = curl_s
-    finally:
-        _cleanup(base)
-    row.value = ctx.median(rsync_s)
-    row.baseline = ctx.median(curl_s)
-    row.ratio = _ratio(row.baseline, row.value)
-    row.passed = None if row.ratio is None else row.ratio >= 1
-    row.notes.append(
-        "40 cpc files, 320 MiB, every response 20 ms late; ratio = curl time ÷ rsync time"
-    )
-    return row
+    """``rsync -a`` of the 40-sub cluster, every response 20 ms late, vs the same curl as
+    ``cp_r_rtt``: rsync lists the whole tree before it copies, so both the listing ahead
+    of scans and the walk-ahead count."""
+    return _cp_r(ctx, "rsync_rtt", latency=LATENCY_S, tool="rsync")
 
 
 def scan_rtt(ctx: Context) -> Row:
