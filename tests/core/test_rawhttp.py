@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,36 +122,50 @@ def test_a_sequential_read_is_exact_whatever_the_body(
         assert requests <= 10, requests
 
 
+@contextmanager
+def _one_connection(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A server on loopback that accepts one connection (a retry on a new one fails) and
+    runs *serve* on it in a thread; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        with conn:
+            serve(conn)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(5)
+
+
 def test_body_bytes_that_came_with_the_head_still_make_whole_blocks() -> None:
     """A server may send the head and the body's first bytes in one segment: the first
     block read is still a whole one (the rest of it read off the socket)."""
     body = bytes(range(256)) * (3 * MiB // 256)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            conn.sendall(head + body[:1000])  # one segment: the head and 1000 body bytes
-            time.sleep(0.2)  # the reader has the head (and those bytes) by now
-            conn.sendall(body[1000:])
-            conn.recv(1)  # until the client is done
+    def serve(conn: socket.socket) -> None:
+        conn.recv(65536)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        conn.sendall(head + body[:1000])  # one segment: the head and 1000 body bytes
+        time.sleep(0.2)  # the reader has the head (and those bytes) by now
+        conn.sendall(body[1000:])
+        conn.recv(1)  # until the client is done
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     raw = RawHttp(TIMEOUT, {})
-    try:
-        head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
-        assert head.status_code == 200 and reply.left == len(body)
-        blocks = [reply.read(MiB) for _ in range(3)]
-        assert [len(block) for block in blocks] == [MiB] * 3
-        assert b"".join(blocks) == body
-    finally:
-        raw.close()
-        listener.close()
-        thread.join(5)
+    with _one_connection(serve) as port:
+        try:
+            head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
+            assert head.status_code == 200 and reply.left == len(body)
+            blocks = [reply.read(MiB) for _ in range(3)]
+            assert [len(block) for block in blocks] == [MiB] * 3
+            assert b"".join(blocks) == body
+        finally:
+            raw.close()
 
 
 def test_a_body_trickling_in_small_packets_ends_without_waiting_for_more() -> None:
@@ -157,35 +173,28 @@ def test_a_body_trickling_in_small_packets_ends_without_waiting_for_more() -> No
     never waits for more than the body still holds: its last block, and the head of the
     next response on the kept connection, arrive as soon as they are sent."""
     body = bytes(range(251)) * ((2 * MiB + 5000) // 251)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def serve() -> None:
-        conn, _ = listener.accept()  # one connection only: a retry on a new one fails
-        listener.close()
-        with conn:
-            for _request in range(2):
-                conn.recv(65536)
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                conn.sendall(head)
-                for start in range(0, len(body) - 3000, 16384):  # small segments
-                    conn.sendall(body[start : min(start + 16384, len(body) - 3000)])
-                    time.sleep(0.0005)
-                time.sleep(0.3)  # the reader waits for its last block now
-                conn.sendall(body[-3000:])
+    def serve(conn: socket.socket) -> None:
+        for _request in range(2):  # on the one connection: the second reuses it
+            conn.recv(65536)
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            conn.sendall(head)
+            for start in range(0, len(body) - 3000, 16384):  # small segments
+                conn.sendall(body[start : min(start + 16384, len(body) - 3000)])
+                time.sleep(0.0005)
+            time.sleep(0.3)  # the reader waits for its last block now
+            conn.sendall(body[-3000:])
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     raw = RawHttp(httpx.Timeout(10.0), {})
-    try:
-        for _request in range(2):
-            started = time.monotonic()
-            _head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
-            got = b""
-            while reply.left:
-                got += reply.read(MiB)
-            assert got == body
-            assert time.monotonic() - started < 5  # no read waited out its timeout
-    finally:
-        raw.close()
-        thread.join(5)
+    with _one_connection(serve) as port:
+        try:
+            for _request in range(2):
+                started = time.monotonic()
+                _head, reply = raw.open(f"http://127.0.0.1:{port}/blob", {})
+                got = b""
+                while reply.left:
+                    got += reply.read(MiB)
+                assert got == body
+                assert time.monotonic() - started < 5  # no read waited out its timeout
+        finally:
+            raw.close()
