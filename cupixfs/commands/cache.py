@@ -43,12 +43,13 @@ class Usage:
 
 
 def usage(root: Path) -> Usage:
-    """Files and bytes under *root*."""
+    """Files and the bytes they take on disk under *root* (block files are sparse: their
+    length counts the holes between cached blocks)."""
     found = Usage()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             try:
-                found.bytes += os.lstat(os.path.join(dirpath, name)).st_size
+                found.bytes += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
                 found.files += 1
             except OSError:
                 continue  # evicted while we looked

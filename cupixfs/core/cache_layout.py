@@ -2,7 +2,8 @@
 
 ::
 
-    blocks/<kk[:2]>/<kk>/<vv[:16]>-<index>   block *index* of one version of a remote file
+    blocks/<kk[:2]>/<kk>/<vv[:16]>           the blocks of one version of a remote file, each in
+                                             its slot (`cupixfs.data.block_file`)
     stats/<kk[:32]>.json                     that file's size and ETag (a remount need not probe)
     derived/<kk[:32]>.<kind>.json            what a derived view learnt from that file's current
                                              version (``las``: its PLY header and bounding box)
@@ -46,8 +47,9 @@ DEMO_DATA = "demo-data"
 #: what a file holds that another cupixfs would misread. 1: block files with a 16-byte
 #: header (a cache directory without a marker, from before markers, is in format 1);
 #: 2: block files of a 4 KiB header page and a page-padded payload (`data.block_file`);
-#: 3: the same, checked with CRC-32C instead of CRC-32.
-FORMAT = 3
+#: 3: the same, checked with CRC-32C instead of CRC-32; 4: one file per version, a slot
+#: per block.
+FORMAT = 4
 #: What a cache directory written before the marker existed is in.
 UNMARKED_FORMAT = 1
 #: What a cache directory holds (a directory without any of these is new, not unmarked).
@@ -108,9 +110,9 @@ def block_dir(key: str) -> str:
     return f"{kk[:2]}/{kk}"
 
 
-def block_file(version: str, index: int) -> str:
-    """Where block *index* of *version* lives, relative to ``blocks/``."""
-    return f"{block_dir(key_of(version))}/{sha(version)[:16]}-{index}"
+def block_file(version: str) -> str:
+    """The file of *version*'s blocks, relative to ``blocks/``."""
+    return f"{block_dir(key_of(version))}/{sha(version)[:16]}"
 
 
 def stat_file(key: str) -> str:

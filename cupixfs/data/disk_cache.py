@@ -1,14 +1,18 @@
-"""The persistent block cache: one checksummed file per block, bounded in bytes, LRU.
+"""The persistent block cache: a checksummed slot per block, bounded in bytes, LRU.
 
-Files live under ``<cache_dir>/blocks/`` as `cupixfs.data.layout` names them: blocks
-of two versions of a file never meet, and everything cached of one file is one
-directory (``cupixfs cache clear PATH`` removes it). `cupixfs.data.block_file` says
-what one file holds (a checked header, the payload) and how it is written and read
-around the page cache; a block that fails its check is deleted and fetched again,
-never served.
+Files live under ``<cache_dir>/blocks/`` as `cupixfs.core.cache_layout` names them: one
+file per version of a remote file, so blocks of two versions never meet, and
+everything cached of one file is one directory (``cupixfs cache clear PATH`` removes
+it). `cupixfs.data.block_file` says what a slot holds (a checked header, the payload)
+and how it is written and read around the page cache; a block that fails its check is
+dropped and fetched again, never served.
 
-A block file is indexed only once it is written whole, and a file cut short
-by a crash fails its length/CRC check when the next mount reads it. Disk I/O
+The bound and the LRU order are per block: an evicted block's slot is punched out of
+its file, and a file whose last block goes is deleted. Where the filesystem cannot
+punch holes, the blocks of the whole file go at once.
+
+A block is indexed only once it is written whole, and a slot cut short by a crash
+fails its length/CRC check when the next mount reads it. Disk I/O
 runs in worker threads so the event loop never waits on the disk. When the
 disk is full or the directory unwritable, the cache says so once and the mount
 keeps serving from the network.
@@ -77,7 +81,10 @@ class DiskCache:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root / layout.BLOCKS
         self.max_bytes = max_bytes
-        self._lru: OrderedDict[str, int] = OrderedDict()  # relative path -> file size
+        #: (file relative to root, block index) -> the slot's bytes on disk.
+        self._lru: OrderedDict[tuple[str, int], int] = OrderedDict()
+        #: Blocks per file, indexed or being written: a file is deleted only at none.
+        self._in_file: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()  # the LRU is touched from worker threads
         self._dirs: set[Path] = set()  # block directories known to exist
@@ -99,7 +106,7 @@ class DiskCache:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.root.parent, 0o700)
             os.chmod(self.root, 0o700)
-            found: list[tuple[float, str, int]] = []
+            found: list[tuple[float, str, dict[int, int]]] = []
             for top in os.scandir(self.root):
                 if not top.is_dir(follow_symlinks=False):
                     continue
@@ -107,15 +114,21 @@ class DiskCache:
                     if not key_dir.is_dir(follow_symlinks=False):
                         continue
                     for entry in os.scandir(key_dir.path):
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
                         st = entry.stat(follow_symlinks=False)
                         rel = f"{top.name}/{key_dir.name}/{entry.name}"
-                        found.append((st.st_mtime, rel, st.st_size))
+                        found.append((st.st_mtime, rel, block_file.slots(entry.path)))
         except OSError as exc:
             self._disable(exc)
             return
-        for _mtime, rel, size in sorted(found):
-            self._lru[rel] = size
-            self._bytes += size
+        # Oldest file first; within a file, block order (a file is read front to back).
+        for _mtime, rel, slots in sorted(found, key=lambda item: (item[0], item[1])):
+            for index, size in sorted(slots.items()):
+                self._lru[rel, index] = size
+                self._bytes += size
+            if slots:
+                self._in_file[rel] = len(slots)
         self._evict(0)
         log.debug("disk cache: %d blocks, %d bytes", len(self._lru), self._bytes)
 
@@ -126,36 +139,42 @@ class DiskCache:
     def __len__(self) -> int:
         return len(self._lru)
 
-    def _path(self, version: str, index: int) -> tuple[str, Path]:
-        rel = layout.block_file(version, index)
+    def _path(self, version: str) -> tuple[str, Path]:
+        rel = layout.block_file(version)
         return rel, self.root / rel
 
     def has(self, version: str, index: int) -> bool:
         """Whether the index holds this block: a dict lookup, so no thread hop is spent
         on blocks that are certainly not on disk."""
-        return self.enabled and layout.block_file(version, index) in self._lru
+        return self.enabled and (layout.block_file(version), index) in self._lru
 
     # -- blocking operations (run in worker threads) ------------------------------------
 
     def get_sync(self, version: str, index: int) -> bytes | None:
         if not self.enabled:
             return None
-        rel, path = self._path(version, index)
+        rel, path = self._path(version)
         with self._lock:
-            if rel not in self._lru:
+            if (rel, index) not in self._lru:
                 self.misses += 1
                 return None
-            self._lru.move_to_end(rel)
+            self._lru.move_to_end((rel, index))
         try:
-            payload = block_file.read(str(path))
-        except OSError:
-            self._forget(rel)
+            payload = block_file.read(str(path), index)
+        except (OSError, block_file.Missing):  # gone (cache clear), or a hole
+            self._forget(rel, index)
             self.misses += 1
             return None
         if payload is None:
-            log.warning("disk cache: block %s is corrupt or truncated; fetching it again", rel)
-            self.corrupt += 1
-            self._remove(rel, path)
+            with self._lock:
+                evicted = (rel, index) not in self._lru  # punched out while we read it
+            if not evicted:
+                log.warning(
+                    "disk cache: block %s:%d is corrupt or truncated; fetching it again", rel, index
+                )
+                self.corrupt += 1
+                self._forget(rel, index)
+            self.misses += 1
             return None
         self.hits += 1
         return payload
@@ -163,10 +182,10 @@ class DiskCache:
     def put_sync(self, version: str, index: int, payload: bytes) -> None:
         if not self.enabled:
             return
-        rel, path = self._path(version, index)
+        rel, path = self._path(version)
         total = block_file.size_on_disk(len(payload))
         with self._lock:
-            if rel in self._lru:
+            if (rel, index) in self._lru:
                 return
             # Reserve the bytes before writing: several worker threads write at once,
             # and each must make room counting the others' blocks in flight.
@@ -174,6 +193,7 @@ class DiskCache:
             if self._bytes + total > self.max_bytes:
                 return  # the room is all taken by blocks being written: skip this one
             self._bytes += total
+            self._in_file[rel] = self._in_file.get(rel, 0) + 1
         try:
             if path.parent not in self._dirs:
                 path.parent.parent.mkdir(exist_ok=True, mode=0o700)
@@ -182,48 +202,75 @@ class DiskCache:
             # Written in place: a block is indexed (and so ever read) only once whole,
             # and one cut short by a crash fails its length/CRC check at the next mount.
             try:
-                block_file.write(str(path), payload)
+                block_file.write(str(path), index, payload)
             except FileNotFoundError:  # `cupixfs cache clear` removed the directory
                 self._dirs.discard(path.parent)
                 path.parent.parent.mkdir(exist_ok=True, mode=0o700)
                 path.parent.mkdir(exist_ok=True, mode=0o700)
-                block_file.write(str(path), payload)
+                block_file.write(str(path), index, payload)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
             with self._lock:
                 self._bytes -= total
+                self._drop_slot(rel, index, total)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
                 self._disable(exc)
             else:
                 log.warning("disk cache: cannot write a block: %s", exc.strerror)
             return
         with self._lock:
-            if rel in self._lru:  # another thread wrote the same block meanwhile
+            if (rel, index) in self._lru:  # another thread wrote the same block meanwhile
                 self._bytes -= total
+                self._in_file[rel] -= 1
             else:
-                self._lru[rel] = total
+                self._lru[rel, index] = total
 
-    # -- bookkeeping ---------------------------------------------------------------------
+    # -- bookkeeping (with the lock held, or before threads) -------------------------------
 
     def _evict(self, incoming: int) -> None:
-        """Make room for *incoming* bytes (called with the lock held, or before threads)."""
+        """Make room for *incoming* bytes."""
         while self._lru and self._bytes + incoming > self.max_bytes:
-            rel, size = self._lru.popitem(last=False)
+            (rel, index), size = self._lru.popitem(last=False)
             self._bytes -= size
-            with contextlib.suppress(OSError):
-                os.unlink(self.root / rel)
+            self._drop_slot(rel, index, size)
 
-    def _forget(self, rel: str) -> None:
+    def _drop_slot(self, rel: str, index: int, size: int) -> None:
+        """Block *index* of *rel* is no longer indexed: give its bytes back to the disk.
+
+        The file goes with its last block. A filesystem that cannot punch a hole
+        keeps the bytes until the file goes, so the file's other blocks go now: the
+        bound counts bytes on disk.
+        """
+        left = self._in_file.get(rel, 1) - 1
+        path = self.root / rel
+        if left <= 0:
+            self._in_file.pop(rel, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
+        self._in_file[rel] = left
+        try:
+            block_file.punch(str(path), index, size)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            others = [key for key in self._lru if key[0] == rel]
+            for key in others:
+                self._bytes -= self._lru.pop(key)
+            left -= len(others)
+            if left > 0:  # blocks still being written: they index a file made anew
+                self._in_file[rel] = left
+            else:
+                self._in_file.pop(rel, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _forget(self, rel: str, index: int) -> None:
+        """A block found missing or corrupt: out of the index, its slot given back."""
         with self._lock:
-            size = self._lru.pop(rel, None)
+            size = self._lru.pop((rel, index), None)
             if size is not None:
                 self._bytes -= size
-
-    def _remove(self, rel: str, path: Path) -> None:
-        self._forget(rel)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+                self._drop_slot(rel, index, size)
 
     def _disable(self, exc: OSError) -> None:
         if self.enabled:

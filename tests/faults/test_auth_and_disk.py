@@ -113,24 +113,23 @@ def test_revoked_token_gives_eacces_and_one_log_line(
 # --- the disk cache ---------------------------------------------------------------------------
 
 
-def block_files(cache_dir: Path) -> dict[str, dict[int, Path]]:
-    """Block files under ``<cache>/blocks`` (named ``<version>-<index>``, at any depth), grouped
-    by version: {version: {index: path}}."""
-    found: dict[str, dict[int, Path]] = {}
-    for path in (cache_dir / "blocks").rglob("*"):
-        match = re.fullmatch(r"([0-9a-f]{16,})-(\d+)", path.name)
-        if match and path.is_file():
-            found.setdefault(f"{path.parent}/{match[1]}", {})[int(match[2])] = path
-    return found
+def block_files(cache_dir: Path) -> dict[Path, dict[int, int]]:
+    """The files of versions under ``<cache>/blocks`` (at any depth) and the blocks each
+    holds: {path: {index: bytes on disk}}."""
+    return {
+        path: block_file.slots(str(path))
+        for path in (cache_dir / "blocks").rglob("*")
+        if path.is_file() and re.fullmatch(r"[0-9a-f]{16}", path.name)
+    }
 
 
-def wait_for_blocks(cache_dir: Path, count: int, timeout: float = 10) -> dict[int, Path]:
-    """The blocks of the one version with *count* blocks on disk (writes run in background)."""
+def wait_for_blocks(cache_dir: Path, count: int, timeout: float = 10) -> Path:
+    """The file of the one version with *count* blocks on disk (writes run in background)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for blocks in block_files(cache_dir).values():
-            if len(blocks) == count and all(p.stat().st_size > HEADER for p in blocks.values()):
-                return blocks
+        for path, blocks in block_files(cache_dir).items():
+            if len(blocks) == count and all(size > HEADER for size in blocks.values()):
+                return path
         time.sleep(0.05)
     pytest.fail(f"no version with {count} blocks in {cache_dir}: {block_files(cache_dir)}")
 
@@ -142,14 +141,15 @@ def test_corrupt_and_truncated_cache_blocks_are_fetched_again(
     cache = tmp_path / "cache"
     with mounter(*pin_args(dataset), cache_dir=cache) as m:
         assert sha256_fresh(m.path / video.rel) == video.sha256
-        blocks = wait_for_blocks(cache, 3)
+        version = wait_for_blocks(cache, 3)
 
     # Power cut, bad disk, a curious user: one block has a flipped byte, one is cut short.
-    raw = bytearray(blocks[1].read_bytes())
-    raw[HEADER + 1000] ^= 0xFF
-    blocks[1].write_bytes(raw)
-    with open(blocks[2], "r+b") as f:
-        f.truncate(blocks[2].stat().st_size // 2)
+    with open(version, "r+b") as f:
+        f.seek(block_file.SLOT + HEADER + 1000)
+        flipped = f.read(1)[0] ^ 0xFF
+        f.seek(block_file.SLOT + HEADER + 1000)
+        f.write(bytes([flipped]))
+        f.truncate(2 * block_file.SLOT + block_file.slots(str(version))[2] // 2)
 
     fake.stats.reset()
     with mounter(*pin_args(dataset), cache_dir=cache) as m:

@@ -406,14 +406,22 @@ def _pids_of(mountpoint: Path) -> list[str]:
 # --- another version's cache -------------------------------------------------------------------
 
 
+def _cached_payloads(cache: Path) -> Iterator[tuple[Path, int, bytes]]:
+    """Every block in the cache: its version's file, its index, its payload."""
+    for path in (cache / "blocks").rglob("*"):
+        if path.is_file():
+            for index in block_file.slots(str(path)):
+                payload = block_file.read(str(path), index)
+                assert payload is not None
+                yield path, index, payload
+
+
 def _poison_blocks(cache: Path) -> int:
     """Give every cached block other bytes under a valid header: whoever reads them is misled."""
     count = 0
-    for path in (cache / "blocks").rglob("*"):
-        if path.is_file():
-            payload = bytes(b ^ 0xFF for b in block_file.decode(path.read_bytes()) or b"")
-            path.write_bytes(block_file.encode(payload))
-            count += 1
+    for path, index, payload in list(_cached_payloads(cache)):
+        block_file.write(str(path), index, bytes(b ^ 0xFF for b in payload))
+        count += 1
     return count
 
 
@@ -469,12 +477,12 @@ def test_a_cache_from_before_the_format_marker_is_set_aside_unread(
     # As the cupixfs of before the marker left it: no marker, and its blocks in the old
     # layout (a 16-byte header), here holding other bytes: whoever reads them is misled.
     (cache / "cache-format.json").unlink()
-    for path in (cache / "blocks").rglob("*"):
-        if path.is_file():
-            payload = bytes(b ^ 0xFF for b in block_file.decode(path.read_bytes()) or b"")
-            path.write_bytes(
-                struct.pack("<4sIII", b"CPXB", len(payload), zlib.crc32(payload), 0) + payload
-            )
+    for path, index, payload in list(_cached_payloads(cache)):
+        payload = bytes(b ^ 0xFF for b in payload)
+        path.with_name(f"{path.name}-{index}").write_bytes(
+            struct.pack("<4sIII", b"CPXB", len(payload), zlib.crc32(payload), 0) + payload
+        )
+        path.unlink(missing_ok=True)
     with mounter(*args, cache_dir=cache) as m:
         digest = sha256_fresh(m.path / video.rel)
         log = m.log_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -16,7 +17,12 @@ MiB = 1 << 20
 
 
 def _on_disk(root: Path) -> int:
-    return sum(f.stat().st_size for f in (root / "blocks").rglob("*") if f.is_file())
+    """Bytes the block files take on disk (they are sparse: not their length)."""
+    return sum(f.stat().st_blocks * 512 for f in (root / "blocks").rglob("*") if f.is_file())
+
+
+def _files(root: Path) -> list[Path]:
+    return [f for f in (root / "blocks").rglob("*") if f.is_file()]
 
 
 def test_concurrent_writers_never_exceed_the_bound(tmp_path: Path) -> None:
@@ -65,3 +71,68 @@ def test_a_slow_checksum_is_said_in_the_log(
     with caplog.at_level(logging.WARNING):
         DiskCache(tmp_path, 1 << 20).open()
     assert "google-crc32c" not in caplog.text
+
+
+def test_one_file_per_version_and_evicted_blocks_are_punched_out(tmp_path: Path) -> None:
+    slot = block_file.SLOT
+    cache = DiskCache(tmp_path, 4 * slot)
+    cache.open()
+    payload = os.urandom(MiB)
+    for i in range(6):  # blocks 0 and 1 are evicted, oldest first
+        cache.put_sync("videos/1#e#6", i, payload)
+    assert len(_files(tmp_path)) == 1
+    assert _on_disk(tmp_path) == cache.used_bytes == 4 * slot
+    assert [cache.has("videos/1#e#6", i) for i in range(6)] == [False] * 2 + [True] * 4
+    assert cache.get_sync("videos/1#e#6", 0) is None
+    assert cache.get_sync("videos/1#e#6", 5) == payload
+    # A block of another file evicts block 2 (the oldest); once a file has no block
+    # left, it is deleted.
+    cache.put_sync("videos/2#e#1", 0, payload)
+    assert not cache.has("videos/1#e#6", 2)
+    for i in range(4):
+        cache.put_sync("videos/2#e#4", i, payload)
+    assert len(_files(tmp_path)) == 1 and _on_disk(tmp_path) == 4 * slot
+    assert cache.get_sync("videos/2#e#4", 3) == payload
+
+
+def test_without_holes_a_file_is_evicted_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cannot(path: str, index: int, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(block_file, "punch", cannot)
+    slot = block_file.SLOT
+    cache = DiskCache(tmp_path, 4 * slot)
+    cache.open()
+    payload = os.urandom(MiB)
+    for i in range(3):
+        cache.put_sync("videos/1#e#3", i, payload)
+    for i in range(2):  # the second one evicts block 0 of videos/1, and so all of it
+        cache.put_sync("videos/2#e#2", i, payload)
+    assert [cache.has("videos/1#e#3", i) for i in range(3)] == [False] * 3
+    assert cache.used_bytes == 2 * slot == _on_disk(tmp_path)
+    assert len(_files(tmp_path)) == 1
+
+
+def test_a_reopened_cache_counts_only_written_slots_and_drops_a_corrupt_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = DiskCache(tmp_path, 10 * MiB)
+    cache.open()
+    for i in (0, 3, 4):
+        cache.put_sync("videos/1#e#5", i, bytes([i]) * 5000)
+    (path,) = _files(tmp_path)
+    with open(path, "r+b") as f:  # a bit flipped in block 3's payload
+        f.seek(3 * block_file.SLOT + block_file.PAGE + 10)
+        f.write(b"!")
+    again = DiskCache(tmp_path, 10 * MiB)
+    again.open()
+    assert len(again) == 3 and again.used_bytes == cache.used_bytes
+    assert [again.has("videos/1#e#5", i) for i in range(5)] == [True, False, False, True, True]
+    with caplog.at_level(logging.WARNING):
+        assert again.get_sync("videos/1#e#5", 3) is None
+    assert "corrupt" in caplog.text and again.corrupt == 1
+    assert not again.has("videos/1#e#5", 3) and len(again) == 2
+    assert again.get_sync("videos/1#e#5", 4) == bytes([4]) * 5000
+    assert block_file.slots(str(path)).keys() == {0, 4}  # its slot given back

@@ -1,6 +1,7 @@
 """Parsers at the HTTP boundary: Content-Range, signed-URL expiry, API items, sizes."""
 
 import calendar
+import os
 import time
 from pathlib import Path
 
@@ -128,24 +129,43 @@ def test_block_files_detect_corruption(tmp_path: Path) -> None:
     assert block_file.decode(raw) == payload
     assert block_file.decode(raw[:-1]) is None  # truncated
     assert block_file.decode(raw + b"x") is None  # trailing garbage
+    assert block_file.decode(raw + b"x", exact=False) == payload  # the next slot's bytes
     flipped = bytearray(raw)
     flipped[block_file.PAGE + 100] ^= 1
     assert block_file.decode(bytes(flipped)) is None
     assert block_file.decode(b"XXXX" + raw[4:]) is None
-    assert block_file.decode(b"") is None
-    # Written and read back through the filesystem (O_DIRECT where it takes it).
-    path = str(tmp_path / "block")
-    assert block_file.write(path, payload) == len(raw)
-    assert block_file.read(path) == payload
-    with open(path, "ab") as f:
-        f.write(b"x" * block_file.PAGE)
-    assert block_file.read(path) is None
-    full = bytes(block_file.MAX_PAYLOAD)
-    block_file.write(path, full)
-    assert block_file.read(path) == full
-    with open(path, "ab") as f:
-        f.write(b"x")
-    assert block_file.read(path) is None  # longer than any block file
+    for hole in (b"", bytes(block_file.PAGE), bytes(len(raw))):
+        with pytest.raises(block_file.Missing):
+            block_file.decode(hole)
+    # Written and read back through the filesystem (O_DIRECT where it takes it): one
+    # file, each block in its slot, the others holes.
+    path = str(tmp_path / "version")
+    full = bytes(range(256)) * (block_file.MAX_PAYLOAD // 256)
+    assert block_file.write(path, 0, full) == block_file.SLOT
+    assert block_file.write(path, 2, payload) == len(raw)
+    assert block_file.read(path, 0) == full
+    assert block_file.read(path, 2) == payload
+    for absent in (1, 3, 1000):  # a hole, and past the file's end
+        with pytest.raises(block_file.Missing):
+            block_file.read(path, absent)
+    assert block_file.slots(path) == {0: block_file.SLOT, 2: len(raw)}
+    # Punched out: a hole again, the disk's bytes given back, the other block intact.
+    used = os.stat(path).st_blocks
+    block_file.punch(path, 0, block_file.SLOT)
+    assert os.stat(path).st_blocks <= used - block_file.SLOT // 512
+    with pytest.raises(block_file.Missing):
+        block_file.read(path, 0)
+    assert block_file.slots(path) == {2: len(raw)}
+    assert block_file.read(path, 2) == payload
+    # Corrupt and cut short.
+    with open(path, "r+b") as f:
+        f.seek(2 * block_file.SLOT + block_file.PAGE + 7)
+        f.write(b"!")
+    assert block_file.read(path, 2) is None
+    block_file.write(path, 2, payload)
+    assert block_file.read(path, 2) == payload
+    os.truncate(path, 2 * block_file.SLOT + len(raw) - 1)
+    assert block_file.read(path, 2) is None
 
 
 @pytest.mark.parametrize(
