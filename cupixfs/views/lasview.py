@@ -224,14 +224,26 @@ class LasViews:
                 box: las.Bounds | None = None
                 # The first piece ends where pushing starts; the others are whole pieces.
                 starts = [0, *range(PUSH_GAP, total, PASS_PIECE)]
-                for start, stop in zip(starts, [*starts[1:], total], strict=True):
-                    stop = min(stop, total)
+                pieces = [
+                    (a, min(b, total)) for a, b in zip(starts, [*starts[1:], total], strict=True)
+                ]
+                read: list[Buffer] = []
+
+                async def fetch(start: int, stop: int) -> None:
                     first, count, _skip = las.vertex_span(start, stop)
-                    data = await self._read_vertices(handle, layout, first, count)
+                    read.append(await self._read_vertices(handle, layout, first, count))
+
+                await fetch(*pieces[0])
+                for number, (start, stop) in enumerate(pieces):
+                    data = read.pop()
                     into = push if start >= PUSH_GAP and stop <= PASS_PUSH else None
-                    part = await trio.to_thread.run_sync(
-                        self._pass_piece, data, found, start, stop, into
-                    )
+                    # The next piece is read while this one is converted (in a thread).
+                    async with trio.open_nursery() as nursery:
+                        if number + 1 < len(pieces):
+                            nursery.start_soon(fetch, *pieces[number + 1])
+                        part = await trio.to_thread.run_sync(
+                            self._pass_piece, data, found, start, stop, into
+                        )
                     box = las.merge(box, part)
                     if into is not None:
                         pushed = stop
