@@ -181,6 +181,11 @@ class RangeFetcher:
             raise Unavailable(f"offline: {remote.key} bytes {first}-{end} are not in the cache")
         return await self._urls.get(remote)
 
+    async def resolve(self, remote: RemoteFile) -> None:
+        """Resolve *remote*'s signed URL now (it is kept until shortly before it expires),
+        so that a request sent later does not wait for the download call's redirect."""
+        await self._url(remote, 0, None)
+
     def _refused(self, remote: RemoteFile, url: str, response: httpx.Response) -> NoReturn:
         """Raise what a status other than 200/206/416 from storage means."""
         status = response.status_code

@@ -24,9 +24,9 @@ from typing import Protocol
 import cachetools
 import trio
 
-from cupixfs.core.errors import NotFound, RemoteChanged, Unavailable
+from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
 from cupixfs.data.blocks import BlockCache
-from cupixfs.data.fetch import RangeFetcher, RemoteStat
+from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
 from cupixfs.data.sources import DerivedFile, FileSource, RemoteFile, StaticFile
 from cupixfs.data.stat_cache import StatCache
@@ -358,24 +358,76 @@ class DataStore:
             stat = await self._confirm(source)
         return stat
 
+    async def check_ahead(self, source: RemoteFile) -> None:
+        """What an open of *source* waits on, done ahead of a reader about to open it,
+        without moving file bytes (`cupixfs.fs.walk`, beyond what it fetches whole).
+
+        A size the API stated, of a file a first read would fetch whole, is left to
+        that fetch (`fetch_ahead` confirms it with the request that brings the bytes):
+        only its signed URL is resolved now. Any other size is checked (`check`).
+        """
+        stat = await self._remote_stat(source)
+        if stat.stated and self.background is not None and HEAD_SIZE < stat.size <= WHOLE_FILE:
+            await self._fetcher.resolve(source)
+        else:
+            await self.check(source)
+
     async def fetch_ahead(self, source: RemoteFile, push: Callable[[], Push | None]) -> str | None:
         """Fetch *source* whole into the caches, as a reader's first read from its start
         would, for a reader that is about to open it (`cupixfs.fs.walk`).
 
-        The size is checked at storage first (what the open would do). Only a file the
-        first read would fetch whole (at most ``WHOLE_FILE``) is fetched; its blocks go
-        to *push* (called once the size is checked, so that it belongs to the version
-        the kernel is shown) as they arrive. Returns the version fetched (None: not
-        fetched).
+        The size is checked at storage first (what the open would do): a size the API
+        stated, by the very request that fetches the file (`_confirm_fetching`). Only a
+        file the first read would fetch whole (at most ``WHOLE_FILE``) is fetched; its
+        blocks go to *push* (called once the size is checked, so that it belongs to the
+        version the kernel is shown) as they arrive. Returns the version fetched (None:
+        not fetched).
         """
-        stat = await self.check(source)
+        stat = await self._remote_stat(source)
+        opened = None
+        if stat.stated and self.background is not None and HEAD_SIZE < stat.size <= WHOLE_FILE:
+            stat, opened = await self._confirm_fetching(source, stat)
+        else:
+            stat = await self.check(source)
         if self.background is None or stat.size > WHOLE_FILE or stat.size <= len(stat.head):
+            if opened is not None:
+                opened.cancel()
             return None
         version = _version(source, stat)
         self.files_ahead += 1
-        stream = self._ahead[version] = self._stream(source, stat, version, 0, push())
+        stream = self._stream(source, stat, version, 0, push(), opened)
+        self._ahead[version] = stream
         self._run_stream(stream, 0, stat.size)
         return version
+
+    async def _confirm_fetching(
+        self, source: RemoteFile, stated: RemoteStat
+    ) -> tuple[RemoteStat, BodyStream | None]:
+        """`_confirm`, by the request that fetches the file whole: one request, not a
+        probe and then the fetch. Returns the size confirmed, and that request's body,
+        opened (its head read), for the stream that will receive it.
+
+        Storage that disagrees with the stated size answers another range than the
+        one asked (a smaller file) or states a larger total: the size is then confirmed
+        the usual way, by a probe (`check`), and nothing is fetched with this request.
+        """
+        async with self._lock(source.key):
+            current = self._stats.get(source.key)
+            if current is not None and not current[0].stated:
+                return current[0], None  # confirmed meanwhile
+            body = BodyStream(self._fetcher, source, 0, stated.size, None)
+            try:
+                await body.open()
+            except (ProtocolError, RemoteChanged) as exc:  # not the range asked for
+                log.debug("%s: fetching it whole did not confirm its size: %s", source.key, exc)
+            else:
+                if body.total == stated.size:
+                    stat = RemoteStat(stated.size, body.etag, b"")
+                    await self._learnt(source, stat, stated)
+                    self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
+                    return stat, body
+                body.cancel()
+        return await self.check(source), None
 
     def held(self, source: RemoteFile, version: str) -> list[tuple[int, bytes]]:
         """``(offset, bytes)`` of the blocks of *source*'s *version* in memory."""
@@ -522,7 +574,13 @@ class DataStore:
         self._run_stream(stream, end, window)
 
     def _stream(
-        self, source: RemoteFile, stat: RemoteStat, version: str, offset: int, push: Push | None
+        self,
+        source: RemoteFile,
+        stat: RemoteStat,
+        version: str,
+        offset: int,
+        push: Push | None,
+        opened: BodyStream | None = None,
     ) -> SequentialStream:
         return SequentialStream(
             self._blocks,
@@ -535,6 +593,7 @@ class DataStore:
             stat.etag,
             offset,
             push,
+            opened,
         )
 
     def _run_stream(self, stream: SequentialStream, seen: int, window: int) -> None:

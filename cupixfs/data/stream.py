@@ -140,6 +140,7 @@ class SequentialStream:
         etag: str | None,
         start: int,
         push: Push | None,
+        opened: BodyStream | None = None,
     ) -> None:
         self._blocks = blocks
         self._fetcher = fetcher
@@ -168,6 +169,9 @@ class SequentialStream:
         self._gate = threading.Condition()
         self._stopped = False
         self._receiving: BodyStream | None = None
+        #: A body already opened from *start* on (its response's head confirmed the
+        #: size): the first request this stream would send, sent already.
+        self._opened = opened
         self._token = trio.lowlevel.current_trio_token()
 
     # -- the owner's side ------------------------------------------------------------------
@@ -248,6 +252,9 @@ class SequentialStream:
             finally:
                 self._stopped = True
                 self._open_gate()
+                if self._opened is not None:  # never read (its blocks came from elsewhere)
+                    self._opened.cancel()
+                    self._opened = None
                 for index in list(self._claimed):
                     self._blocks.abandon(self.version, index)
                     self._release(index)
@@ -347,10 +354,13 @@ class SequentialStream:
                 break
             end += 1
         self._request_blocks = end - first
-        body = BodyStream(
-            self._fetcher, self._source, first * bs, min(end * bs, self._size), self._etag
-        )
-        await body.open()
+        body, self._opened = self._opened, None
+        stop = min(end * bs, self._size)
+        if body is None or body.position != first * bs or body.end < stop:
+            if body is not None:  # opened by our owner for other blocks than these
+                body.cancel()
+            body = BodyStream(self._fetcher, self._source, first * bs, stop, self._etag)
+            await body.open()
         self.requests += 1
         async with self._fetcher.streams:
             self._receiving = body

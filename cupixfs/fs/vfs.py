@@ -292,7 +292,7 @@ class Vfs:
         if not isinstance(source, RemoteFile):
             return  # derived files are made from their archive as they are read
         if not whole:
-            await self.data.check(source)
+            await self.data.check_ahead(source)
             return
         # The kernel takes pushes only for inodes it knows, and the walk often gets to a
         # file before its reader's listing does: such a file's blocks wait in memory, and
