@@ -116,9 +116,14 @@ class DiskCache:
                     for entry in os.scandir(key_dir.path):
                         if not entry.is_file(follow_symlinks=False):
                             continue
-                        st = entry.stat(follow_symlinks=False)
                         rel = f"{top.name}/{key_dir.name}/{entry.name}"
-                        found.append((st.st_mtime, rel, block_file.slots(entry.path)))
+                        try:
+                            mtime = entry.stat(follow_symlinks=False).st_mtime
+                            slots = block_file.slots(entry.path)
+                        except OSError as exc:  # gone meanwhile, or unreadable: not ours
+                            log.debug("disk cache: skipping %s: %s", rel, exc.strerror or exc)
+                            continue
+                        found.append((mtime, rel, slots))
         except OSError as exc:
             self._disable(exc)
             return

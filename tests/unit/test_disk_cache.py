@@ -136,3 +136,24 @@ def test_a_reopened_cache_counts_only_written_slots_and_drops_a_corrupt_one(
     assert not again.has("videos/1#e#5", 3) and len(again) == 2
     assert again.get_sync("videos/1#e#5", 4) == bytes([4]) * 5000
     assert block_file.slots(str(path)).keys() == {0, 4}  # its slot given back
+
+
+def test_a_file_that_cannot_be_read_at_mount_is_skipped_not_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = DiskCache(tmp_path, 10 * MiB)
+    cache.open()
+    for name in ("videos/1#e#2", "videos/2#e#2"):
+        cache.put_sync(name, 0, bytes(1000))
+    unreadable = str(_files(tmp_path)[0])
+    real_slots = block_file.slots
+
+    def slots(path: str) -> dict[int, int]:
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied")
+        return real_slots(path)
+
+    monkeypatch.setattr(block_file, "slots", slots)
+    again = DiskCache(tmp_path, 10 * MiB)
+    again.open()
+    assert again.enabled and len(again) == 1
