@@ -227,15 +227,15 @@ class LasViews:
                 pieces = [
                     (a, min(b, total)) for a, b in zip(starts, [*starts[1:], total], strict=True)
                 ]
-                read: list[Buffer] = []
+                vertices: list[Buffer] = []  # the next piece's, read ahead
 
                 async def fetch(start: int, stop: int) -> None:
                     first, count, _skip = las.vertex_span(start, stop)
-                    read.append(await self._read_vertices(handle, layout, first, count))
+                    vertices.append(await self._read_vertices(handle, layout, first, count))
 
                 await fetch(*pieces[0])
                 for number, (start, stop) in enumerate(pieces):
-                    data = read.pop()
+                    data = vertices.pop()
                     into = push if start >= PUSH_GAP and stop <= PASS_PUSH else None
                     # The next piece is read while this one is converted (in a thread).
                     async with trio.open_nursery() as nursery:
