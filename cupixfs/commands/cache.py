@@ -223,6 +223,21 @@ def clear_paths(cache_dir: Path, paths: list[Path]) -> tuple[int, Usage]:
     return len(keys), removed
 
 
+def mount_cache_dir(path: Path) -> Path | None:
+    """The cache directory of the running mount *path* is on (from its status file);
+    None if *path* is on no cupixfs mount that says."""
+    from cupixfs.commands.status import CONTROL_FILE
+
+    here = Path(os.path.abspath(path))
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    try:
+        said = json.loads((here / CONTROL_FILE).read_text()).get("cache_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(said) if isinstance(said, str) and said else None
+
+
 def clear(cache_dir: Path, paths: list[Path], out: TextIO = sys.stdout) -> int:
     if paths:
         count, removed = clear_paths(cache_dir, paths)

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove cached data: all of it, or that of mounted files/folders",
         description="Without PATH, empty the cache. With PATH (a file or folder on a cupixfs "
         "mount), remove only the cached blocks and sizes of the files under it, so their next "
-        "read asks the server again. Give the --cache-dir the mount uses.",
+        "read asks the server again: in the cache of the mount they are on, unless "
+        "--cache-dir (or a profile's cache_dir) says another.",
     )
     clear.add_argument("paths", type=Path, nargs="*", metavar="PATH", help="mounted file or folder")
     add_settings(clear, CACHE)
@@ -336,9 +337,14 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    from cupixfs.commands.cache import clear
+    from cupixfs.commands.cache import clear, mount_cache_dir
 
-    return clear(value_of(_cache_values(args), "cache_dir"), args.paths)
+    values = _cache_values(args)
+    cache_dir = value_of(values, "cache_dir")
+    if args.paths and values.get("cache_dir") is None:
+        # Files on a running mount: that mount's cache, whatever the default is here.
+        cache_dir = mount_cache_dir(args.paths[0]) or cache_dir
+    return clear(cache_dir, args.paths)
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ class Metrics:
         now = time.time()
         figures: dict[str, Any] = {
             "mountpoint": str(self.mountpoint),
+            "cache_dir": str(self.cache_dir),
             "cache_size": self.cache_size,
             "started": self.started,
             "updated": now,

@@ -357,10 +357,11 @@ def test_cache_clear_of_one_mounted_file(
         folder = m.path / "captures" / str(MAIN) / "videos"
         for video in videos:
             assert sha256_of(folder / video["attributes"]["name"]) == video["file"]["sha256"]
-        # while mounted, as a user would
-        result = _cupixfs("cache", "clear", "--cache-dir", str(cache), str(folder / cleared))
+        # while mounted, as a user would: without --cache-dir, the cache of the mount the
+        # file is on (not this user's default one)
+        result = _cupixfs("cache", "clear", str(folder / cleared))
         assert result.returncode == 0, result.stderr
-        assert "cleared 1 file" in result.stdout
+        assert "cleared 1 file" in result.stdout and f"removed from {cache}\n" in result.stdout
     fake.stats.reset()
     _drop_kernel_cache()
     with mounter("--capture", str(MAIN), cache_dir=cache) as m:
