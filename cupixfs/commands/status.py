@@ -72,6 +72,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("files_fetched_ahead", "  files fetched ahead", "count"),
     ("scans_followed", "tree scans listed ahead of", "count"),
     ("hit_ratio", "hit ratio", "text"),
+    ("cache_dir", "disk cache directory", "text"),
     ("disk_cache_bytes", "disk cache used", "size"),
     ("cache_size", "disk cache bound", "size"),
     ("disk_cache_blocks", "disk cache blocks", "count"),
