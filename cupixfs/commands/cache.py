@@ -226,14 +226,14 @@ def clear_paths(cache_dir: Path, paths: list[Path]) -> tuple[int, Usage]:
 def mount_cache_dir(path: Path) -> Path | None:
     """The cache directory of the running mount *path* is on (from its status file);
     None if *path* is on no cupixfs mount that says."""
-    from cupixfs.commands.status import CONTROL_FILE
+    from cupixfs.commands.status import read_status
 
     here = Path(os.path.abspath(path))
     while not os.path.ismount(here) and here != here.parent:
         here = here.parent
     try:
-        said = json.loads((here / CONTROL_FILE).read_text()).get("cache_dir")
-    except (OSError, ValueError, AttributeError):
+        said = read_status(here).get("cache_dir")
+    except UsageError:  # not a cupixfs mount, a stale one, or one from before cache_dir
         return None
     return Path(said) if isinstance(said, str) and said else None
 

@@ -480,8 +480,9 @@ def test_prefetch_reports_failures_and_exits_non_zero(
 # -- status ----------------------------------------------------------------------------------
 
 
-def test_status_of_a_mount(mounter: Any, dataset: dict[str, Any]) -> None:
-    with mounter("--capture", str(SINGLE)) as m:
+def test_status_of_a_mount(mounter: Any, dataset: dict[str, Any], tmp_path: Path) -> None:
+    cache = tmp_path / "status-cache"
+    with mounter("--capture", str(SINGLE), cache_dir=cache) as m:
         _read_videos(m.path, dataset, SINGLE)
         table = _cupixfs("status", str(m.path))
         raw = _cupixfs("status", str(m.path), "--json")
@@ -489,8 +490,10 @@ def test_status_of_a_mount(mounter: Any, dataset: dict[str, Any]) -> None:
     assert str(m.path) in table.stdout
     for label in ("uptime", "requests", "hit ratio", "disk cache bound"):
         assert label in table.stdout, table.stdout
+    assert f"disk cache directory        {cache}\n" in table.stdout, table.stdout
     status = json.loads(raw.stdout)
     assert status["mountpoint"] == str(m.path) and status["fetched"] > 0
+    assert status["cache_dir"] == str(cache)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the kernel's readahead is raised as root only")
