@@ -234,15 +234,21 @@ class DataStore:
                     log.warning("%s: keeping the last known size for now (%s)", source.key, exc)
                     self._stats[source.key] = (cached[0], trio.current_time() + 5.0)
                     return cached[0]
-                await self._learnt(source, stat, cached[0] if cached else None)
-                if 0 < stat.size <= len(stat.head):
-                    # The probe read the whole file: that is its only block, so keep it
-                    # like any other (a remount or --offline finds it on disk).
-                    await self._blocks.put(_version(source, stat), 0, stat.head)
+                await self._from_storage(source, stat, cached[0] if cached else None)
             elif cached is not None and cached[0].etag != stat.etag and not cached[0].stated:
                 self._changed(source, cached[0])
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
+
+    async def _from_storage(
+        self, source: RemoteFile, stat: RemoteStat, old: RemoteStat | None
+    ) -> None:
+        """Storage answered *stat* (a probe's, or a fetch's head): learn it, and keep a
+        head that is the whole file as its only block, like any other (a remount or
+        --offline finds it on disk)."""
+        await self._learnt(source, stat, old)
+        if 0 < stat.size <= len(stat.head):
+            await self._blocks.put(_version(source, stat), 0, stat.head)
 
     async def _learnt(self, source: RemoteFile, stat: RemoteStat, old: RemoteStat | None) -> None:
         """Storage told us *stat*: keep it (on disk too), and act on what it changes."""
@@ -282,9 +288,7 @@ class DataStore:
                 return current[0]  # confirmed meanwhile
             stated = current[0] if current is not None else None
             stat = await self._fetcher.probe(source, HEAD_SIZE)
-            await self._learnt(source, stat, stated)
-            if 0 < stat.size <= len(stat.head):
-                await self._blocks.put(_version(source, stat), 0, stat.head)
+            await self._from_storage(source, stat, stated)
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
 
@@ -367,7 +371,7 @@ class DataStore:
         only its signed URL is resolved now. Any other size is checked (`check`).
         """
         stat = await self._remote_stat(source)
-        if stat.stated and self.background is not None and HEAD_SIZE < stat.size <= WHOLE_FILE:
+        if self._fetch_confirms(stat):
             await self._fetcher.resolve(source)
         else:
             await self.check(source)
@@ -385,7 +389,7 @@ class DataStore:
         """
         stat = await self._remote_stat(source)
         opened = None
-        if stat.stated and self.background is not None and HEAD_SIZE < stat.size <= WHOLE_FILE:
+        if self._fetch_confirms(stat):
             stat, opened = await self._confirm_fetching(source, stat)
         else:
             stat = await self.check(source)
@@ -399,6 +403,11 @@ class DataStore:
         self._ahead[version] = stream
         self._run_stream(stream, 0, stat.size)
         return version
+
+    def _fetch_confirms(self, stat: RemoteStat) -> bool:
+        """Whether the walk's whole-file fetch confirms this size (`_confirm_fetching`):
+        one the API stated, of a file fetched whole, beyond what a probe would hold."""
+        return stat.stated and self.background is not None and HEAD_SIZE < stat.size <= WHOLE_FILE
 
     async def _confirm_fetching(
         self, source: RemoteFile, stated: RemoteStat
@@ -423,7 +432,7 @@ class DataStore:
             else:
                 if body.total == stated.size:
                     stat = RemoteStat(stated.size, body.etag, b"")
-                    await self._learnt(source, stat, stated)
+                    await self._from_storage(source, stat, stated)
                     self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
                     return stat, body
                 body.cancel()
