@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import threading
@@ -52,6 +53,13 @@ def prepare_cache_dir(path: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_of(version: str) -> str:
+    """The file of *version*'s blocks: two SHA-256s, asked for every block a stream
+    passes (`has`, on the event loop), now the same for all of a version's blocks."""
+    return layout.block_file(version)
 
 
 MIN_AUTO_SIZE = 256 << 20
@@ -145,13 +153,13 @@ class DiskCache:
         return len(self._lru)
 
     def _path(self, version: str) -> tuple[str, Path]:
-        rel = layout.block_file(version)
+        rel = _file_of(version)
         return rel, self.root / rel
 
     def has(self, version: str, index: int) -> bool:
         """Whether the index holds this block: a dict lookup, so no thread hop is spent
         on blocks that are certainly not on disk."""
-        return self.enabled and (layout.block_file(version), index) in self._lru
+        return self.enabled and (_file_of(version), index) in self._lru
 
     # -- blocking operations (run in worker threads) ------------------------------------
 
