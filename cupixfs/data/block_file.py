@@ -19,18 +19,26 @@ every block read, and zlib's CRC-32 was the process's largest single cost on a c
 has a CPU instruction: about 25 GB/s here, 0.04 ms per block; cold reads went from 473
 to 540 MB/s (medians of three, alternating, same session).
 
-Why pages: slots are written and read with ``O_DIRECT`` where the filesystem allows
-it, straight between a reused, page-aligned buffer of the worker thread and the disk.
-Going through the page cache would put every cached byte in memory a second time (the
-kernel already holds the mounted file's own pages) and, on a machine whose free
-memory is handed back to its host, pay a page fault per 4 KiB to get that memory
-again: measured here at about 1.5 ms of CPU per MiB written, more than everything
-else a block costs. A filesystem without ``O_DIRECT`` (tmpfs, some FUSE ones) gets the
-same bytes through the page cache.
+Why pages: slots are written, and read one at a time, with ``O_DIRECT`` where the
+filesystem allows it, straight between a reused, page-aligned buffer of the worker
+thread and the disk. Going through the page cache would put every cached byte in memory
+a second time (the kernel already holds the mounted file's own pages) and, on a machine
+whose free memory is handed back to its host, pay a page fault per 4 KiB to get that
+memory again: measured here at about 1.5 ms of CPU per MiB written, more than
+everything else a block costs. A filesystem without ``O_DIRECT`` (tmpfs, some FUSE ones)
+gets the same bytes through the page cache.
+
+A sequential reader's run of slots is the exception (`RunReader`): read through the
+page cache, the kernel's read-ahead asks the disk for large pieces ahead of the reader,
+where ``O_DIRECT`` waits for one block at a time, and the pages are dropped right behind
+the reader, so they neither stay in memory twice nor are new memory to fault in. A
+throwaway reader of a 512 MiB version's file, page cache dropped, read it at 1.6-2.5 GB/s
+this way, against 0.74-1.2 GB/s with ``O_DIRECT`` 1 MiB reads (one thread or three).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -177,6 +185,58 @@ def read(path: str, index: int) -> bytes | None:
     if got == 0:
         raise Missing
     return decode(view[:got], exact=False)
+
+
+class RunReader:
+    """Reads slots of one version's file in ascending order: a sequential reader's run.
+
+    Through the page cache, unlike `read`: the kernel's read-ahead then keeps the disk
+    busy with large requests while this thread checks and hands on the block before,
+    where ``O_DIRECT`` reads wait for the disk one block at a time. Pages are dropped
+    behind the reader (``POSIX_FADV_DONTNEED``), so the cache file's bytes do not stay
+    in memory beside the mounted file's own pages, and the freed pages are reused by
+    the next read-ahead. Each drop covers everything from the run's first slot on: the
+    kernel only drops a large folio that lies wholly inside the range, and one may
+    straddle the end of the last drop.
+    """
+
+    #: Slots read between two drops of the pages behind the reader.
+    DROP_EVERY = 16
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        with contextlib.suppress(OSError):  # advice only: reads work without it
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self._first: int | None = None  # the offset of the run's first slot
+        self._undropped = 0  # slots read since the last drop
+
+    def read(self, index: int) -> bytes | None:
+        """As `read`: the payload, None if corrupt, `Missing` for a hole or past the end."""
+        view = memoryview(_buffer())
+        offset = index * SLOT
+        got = os.preadv(self._fd, [view], offset)
+        if self._first is None:
+            self._first = offset
+        self._undropped += 1
+        if self._undropped >= self.DROP_EVERY:
+            self._drop(offset + SLOT - self._first)
+        if got == 0:
+            raise Missing
+        return decode(view[:got], exact=False)
+
+    def _drop(self, length: int) -> None:
+        """Drop the pages of *length* bytes from the run's start (0: to the file's end)."""
+        self._undropped = 0
+        if self._first is not None:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, self._first, length, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        """Drop what is left of the run (and read ahead beyond it), and close the file."""
+        try:
+            self._drop(0)
+        finally:
+            os.close(self._fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -163,7 +164,10 @@ class DiskCache:
 
     # -- blocking operations (run in worker threads) ------------------------------------
 
-    def get_sync(self, version: str, index: int) -> bytes | None:
+    def get_sync(
+        self, version: str, index: int, reader: block_file.RunReader | None = None
+    ) -> bytes | None:
+        """Block *index* of *version*, or None; read by *reader* (a run in order), if given."""
         if not self.enabled:
             return None
         rel, path = self._path(version)
@@ -173,7 +177,7 @@ class DiskCache:
                 return None
             self._lru.move_to_end((rel, index))
         try:
-            payload = block_file.read(str(path), index)
+            payload = self._read(path, index, reader)
         except (OSError, block_file.Missing):  # gone (cache clear), or a hole
             self._forget(rel, index)
             self.misses += 1
@@ -191,6 +195,36 @@ class DiskCache:
             return None
         self.hits += 1
         return payload
+
+    @contextlib.contextmanager
+    def run_reader(self, version: str) -> Iterator[block_file.RunReader | None]:
+        """What reads a run of *version*'s blocks in ascending order, for `get_sync`
+        (None: the file is not there; each block is then read alone, and found missing)."""
+        try:
+            reader = block_file.RunReader(str(self._path(version)[1]))
+        except OSError:
+            reader = None
+        try:
+            yield reader
+        finally:
+            if reader is not None:
+                reader.close()
+
+    @staticmethod
+    def _read(path: Path, index: int, reader: block_file.RunReader | None) -> bytes | None:
+        """Block *index* of the file at *path*, by *reader* if given.
+
+        A run's reader holds its file open for the run: if the file was deleted and made
+        anew meanwhile (all its blocks evicted, then some written again), it reads the old
+        one. What it finds missing or corrupt is read once more from the file now at
+        *path* before the block is given up.
+        """
+        if reader is not None:
+            with contextlib.suppress(block_file.Missing):
+                payload = reader.read(index)
+                if payload is not None:
+                    return payload
+        return block_file.read(str(path), index)
 
     def put_sync(self, version: str, index: int, payload: bytes) -> None:
         if not self.enabled:

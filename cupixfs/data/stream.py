@@ -47,8 +47,6 @@ from cupixfs.data.sources import RemoteFile
 
 log = logging.getLogger(__name__)
 
-#: Threads reading one run of blocks off the disk cache at once.
-LANES = 3
 #: Writes bytes into the kernel's page cache at a byte offset (runs in a worker thread).
 #: Any contiguous buffer will do: ``notify_store`` copies it into the kernel's pages.
 Push = Callable[[int, bytes | memoryview], None]
@@ -290,16 +288,9 @@ class SequentialStream:
         while index in self._claimed and self._blocks.on_disk(self.version, index):
             run.append(index)
             index += 1
-        # Several threads, every LANES-th block each: reading a block waits on the
-        # device, and checking it is a CRC pass; they overlap (measured warm, 512 MiB:
-        # one thread about 500 MB/s, two 950, three 1050, four 950).
-        async with trio.open_nursery() as nursery:
-            for lane in range(min(LANES, len(run))):
-                nursery.start_soon(
-                    partial(trio.to_thread.run_sync, abandon_on_cancel=True),
-                    self._load,
-                    run[lane::LANES],
-                )
+        # One thread, in order: the kernel's read-ahead of the cache file keeps the
+        # disk busy while it checks and hands on each block (`block_file.RunReader`).
+        await trio.to_thread.run_sync(self._load, run, abandon_on_cancel=True)
         # A block that was missing or corrupt is still ours: the network path takes it.
         self.next = min((i for i in run if i in self._claimed), default=self.next)
 
@@ -308,15 +299,16 @@ class SequentialStream:
         missing or corrupt (the network path then takes it)."""
         blocks, version, disk = self._blocks, self.version, self._blocks.disk
         assert disk is not None
-        for index in run:
-            if self._stopped:
-                return
-            data = disk.get_sync(version, index)
-            if data is None:
-                return
-            push = self._push if not blocks.waited_for(version, index) else None
-            self._token.run_sync_soon(self._loaded, index, data)
-            self._sink.put_blocking(_Item(version, index, data, push, False))
+        with disk.run_reader(version) as reader:
+            for index in run:
+                if self._stopped:
+                    return
+                data = disk.get_sync(version, index, reader)
+                if data is None:
+                    return
+                push = self._push if not blocks.waited_for(version, index) else None
+                self._token.run_sync_soon(self._loaded, index, data)
+                self._sink.put_blocking(_Item(version, index, data, push, False))
 
     def _loaded(self, index: int, data: bytes) -> None:
         """Back on the event loop: a block read from disk is kept, and its readers woken."""

@@ -157,3 +157,90 @@ def test_a_file_that_cannot_be_read_at_mount_is_skipped_not_the_cache(
     again = DiskCache(tmp_path, 10 * MiB)
     again.open()
     assert again.enabled and len(again) == 1
+
+
+def _resident(path: Path) -> int:
+    """Pages of the file at *path* in the page cache (``mincore`` of a mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = path.stat().st_size
+    vec = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        try:
+            if libc.mincore(address, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw)
+
+
+def test_a_run_is_read_in_order_through_the_page_cache_and_dropped_behind(
+    tmp_path: Path,
+) -> None:
+    """`RunReader` gives what `read` gives, and leaves none of the file in memory."""
+    path = tmp_path / "version"
+    blocks = {i: os.urandom(MiB) for i in range(40) if i != 7}  # slot 7: a hole
+    blocks[39] = b"end" * 1000
+    for i, payload in blocks.items():
+        block_file.write(str(path), i, payload)
+    with open(path, "r+b") as f:  # a bit flipped in block 12's payload
+        f.seek(12 * block_file.SLOT + block_file.PAGE + 5)
+        f.write(b"!")
+        f.flush()
+        os.fsync(f.fileno())  # (pages written back can be dropped)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert _resident(path) == 0
+    reader = block_file.RunReader(str(path))
+    try:
+        for i in range(40):
+            if i == 7:
+                with pytest.raises(block_file.Missing):
+                    reader.read(i)
+            elif i == 12:
+                assert reader.read(i) is None
+            else:
+                assert reader.read(i) == blocks[i]
+            if i == 3:  # read through the page cache (read-ahead beyond, even)
+                assert _resident(path) >= 4 * block_file.SLOT // 4096
+        with pytest.raises(block_file.Missing):
+            reader.read(40)  # past the end
+        # Dropped behind the reader as it goes, not only at the end.
+        assert _resident(path) <= 2 * block_file.RunReader.DROP_EVERY * block_file.SLOT // 4096
+    finally:
+        reader.close()
+    assert _resident(path) == 0
+
+
+def test_a_run_finds_blocks_of_a_file_made_anew_while_it_read(tmp_path: Path) -> None:
+    """A run's reader holds the file it opened; the blocks of one made since at the same
+    path are still found (not called missing, and so forgotten)."""
+    cache = DiskCache(tmp_path, 10 * MiB)
+    cache.open()
+    version = "videos/1#e#3"
+    for i in range(3):
+        cache.put_sync(version, i, bytes([i]) * 5000)
+    with cache.run_reader(version) as reader:
+        assert reader is not None
+        assert cache.get_sync(version, 0, reader) == bytes([0]) * 5000
+        # Meanwhile its blocks are evicted (punched out, the file deleted with the last)
+        # and written again, into a new file.
+        (path,) = _files(tmp_path)
+        for i in (1, 2):
+            block_file.punch(str(path), i, block_file.SLOT)
+        path.unlink()
+        for i in (1, 2):
+            block_file.write(str(path), i, bytes([i]) * 5000)
+        assert cache.get_sync(version, 1, reader) == bytes([1]) * 5000
+        assert cache.get_sync(version, 2, reader) == bytes([2]) * 5000
+    assert cache.has(version, 1) and cache.has(version, 2) and cache.misses == 0
