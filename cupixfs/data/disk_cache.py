@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -196,19 +195,13 @@ class DiskCache:
         self.hits += 1
         return payload
 
-    @contextlib.contextmanager
-    def run_reader(self, version: str) -> Iterator[block_file.RunReader | None]:
-        """What reads a run of *version*'s blocks in ascending order, for `get_sync`
-        (None: the file is not there; each block is then read alone, and found missing)."""
+    def open_run(self, version: str) -> block_file.RunReader | None:
+        """What reads *version*'s blocks in ascending order, for `get_sync`; its owner
+        closes it (None: the file is not there, and each block is read alone)."""
         try:
-            reader = block_file.RunReader(str(self._path(version)[1]))
+            return block_file.RunReader(str(self._path(version)[1]))
         except OSError:
-            reader = None
-        try:
-            yield reader
-        finally:
-            if reader is not None:
-                reader.close()
+            return None
 
     @staticmethod
     def _read(path: Path, index: int, reader: block_file.RunReader | None) -> bytes | None:

@@ -3,6 +3,7 @@ mount-wide read-ahead budget."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 
 from cupixfs.core.errors import Unavailable
+from cupixfs.data import block_file
 from cupixfs.data.store import DataStore, ReadAheadConfig
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import MiB, blob_bytes, inode_of, stack_of, video_path, videos
@@ -302,3 +304,61 @@ def test_a_file_being_fetched_ahead_gets_no_second_stream_from_its_reader(
     trio.run(main)
     assert bytes(got) == expected
     assert server.stats.snapshot()["blob_requests"] == 1  # the walk's one GET, and no other
+
+
+def _open_cache_files(cache_dir: Path) -> list[str]:
+    """This process's open files under *cache_dir*'s block files."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(str(cache_dir / "blocks")):
+            found.append(target)
+    return found
+
+
+def test_a_warm_sequential_read_opens_its_cache_file_once_and_closes_it(
+    server: FakeServer, capture_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk cache's reader of a version is kept from one run of blocks to the next
+    (the kernel's read-ahead of the file goes on), and closed when the stream stops:
+    at the end of the file, or when its reader goes half way."""
+    video = videos(server)[0]  # 40 MiB: many runs, as the window moves on
+    expected = blob_bytes(server, video)
+    opened: list[str] = []
+
+    class Counted(block_file.RunReader):
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            opened.append(path)
+
+    monkeypatch.setattr(block_file, "RunReader", Counted)
+    got = bytearray()
+
+    async def read_all(stack: Any, stop: int = len(expected)) -> None:
+        handle = await _open(stack, capture_id, video, Pushes())
+        while len(got) < stop and (chunk := await stack.data.read(handle, len(got), MiB)):
+            got.extend(chunk)
+            await trio.sleep(0.005)  # slower than the disk: the stream waits, runs restart
+        stack.data.release(handle)
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:  # fills the disk cache
+            await read_all(stack)
+        for stop in (len(expected), 9 * MiB):  # to the end, then gone half way
+            got.clear()
+            server.stats.reset()
+            async with stack_of(server, tmp_path) as stack:  # a new mount, same cache
+                await read_all(stack, stop)
+                with trio.fail_after(5):
+                    while _open_cache_files(tmp_path / "cache"):
+                        await trio.sleep(0.01)
+                assert server.stats.snapshot()["blob_requests"] == 0
+                assert stack.blocks.stats.disk_hits >= stop // MiB
+            assert bytes(got[:stop]) == expected[:stop]
+            assert len(opened) == 1, opened
+            opened.clear()
+
+    trio.run(main)

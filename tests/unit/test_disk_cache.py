@@ -230,7 +230,8 @@ def test_a_run_finds_blocks_of_a_file_made_anew_while_it_read(tmp_path: Path) ->
     version = "videos/1#e#3"
     for i in range(3):
         cache.put_sync(version, i, bytes([i]) * 5000)
-    with cache.run_reader(version) as reader:
+    reader = cache.open_run(version)
+    try:
         assert reader is not None
         assert cache.get_sync(version, 0, reader) == bytes([0]) * 5000
         # Meanwhile its blocks are evicted (punched out, the file deleted with the last)
@@ -243,4 +244,7 @@ def test_a_run_finds_blocks_of_a_file_made_anew_while_it_read(tmp_path: Path) ->
             block_file.write(str(path), i, bytes([i]) * 5000)
         assert cache.get_sync(version, 1, reader) == bytes([1]) * 5000
         assert cache.get_sync(version, 2, reader) == bytes([2]) * 5000
+    finally:
+        if reader is not None:
+            reader.close()
     assert cache.has(version, 1) and cache.has(version, 2) and cache.misses == 0
