@@ -258,8 +258,11 @@ class SequentialStream:
                 self._stopped = True
                 self._open_gate()
                 if self._reader is not None:
+                    # Abandoned at the end of the mount: a `_load` that holds the lock
+                    # may be blocked on a sink that is gone, and the mount must not wait.
                     trio.lowlevel.spawn_system_task(
-                        trio.to_thread.run_sync, self._close_reader_when_free
+                        partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                        self._close_reader_when_free,
                     )
                 if self._opened is not None:  # never read (its blocks came from elsewhere)
                     self._opened.cancel()
