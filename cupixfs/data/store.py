@@ -46,6 +46,9 @@ WHOLE_FILE = MAX_WINDOW
 STATIC_KEPT = 256
 #: Streams of files fetched whole ahead of their reader kept track of (`DataStore.fetch_ahead`).
 AHEAD_KEPT = 64
+#: Whole-file GETs opened by `DataStore.open` and not yet read, at most (each holds a
+#: connection until its reader's first read takes it, or the file is closed).
+BODIES_AT_OPEN = 4
 #: What a read returns: a view into a cached block where it can (no copy), else bytes.
 Buffer = bytes | memoryview
 
@@ -67,6 +70,9 @@ class OpenFile:
     stream: SequentialStream | None = None
     #: Read-ahead never goes past this offset (a zip member ends inside its archive).
     limit: int | None = None
+    #: The whole-file GET whose response confirmed the size at open, its head read: the
+    #: first request of the stream that a first read from the start begins.
+    body: BodyStream | None = None
 
 
 class DerivedFiles(Protocol):
@@ -131,6 +137,8 @@ class DataStore:
         self.streams_started = 0
         #: Files fetched whole ahead of a reader walking the tree (`fetch_ahead`).
         self.files_ahead = 0
+        #: Handles holding a whole-file GET opened at their open (`BODIES_AT_OPEN`).
+        self._bodies_at_open = 0
         #: The streams of files fetched ahead, by version (`fetch_ahead`).
         self._ahead: cachetools.LRUCache[str, SequentialStream] = cachetools.LRUCache(AHEAD_KEPT)
         #: Reads derived files (zip members, LAS views) through this store; set by the mount.
@@ -330,13 +338,24 @@ class DataStore:
     # -- bytes -------------------------------------------------------------
 
     async def open(
-        self, source: FileSource, cached_version: str | None = None, push: Push | None = None
+        self,
+        source: FileSource,
+        cached_version: str | None = None,
+        push: Push | None = None,
+        fetch: bool = False,
     ) -> OpenFile:
         """A handle on *source*'s current version.
 
         *cached_version* is the version whose pages the kernel may still hold for this
         file; if it is the current one the handle counts as having shown bytes already.
         *push* writes blocks into the kernel's page cache for this handle's file.
+
+        With *fetch* (a process opens the file: it most likely reads it from its start),
+        a size the API stated, of a file a first read from the start fetches whole, is
+        confirmed by the request that fetches it (`_confirm_fetching`), as the walk-ahead
+        does: one round trip at open, not a probe and then the stream's request at the
+        first read. A first read elsewhere cancels that request (at most what a socket
+        buffer holds was fetched in vain); so does a close without a read.
         """
         if isinstance(source, DerivedFile):
             return await self._derived().open(source, cached_version, push)
@@ -347,7 +366,16 @@ class DataStore:
         if isinstance(source, StaticFile):  # one handle reads one consistent document
             handle.snapshot = await self._load_static(source)
         elif isinstance(source, RemoteFile):
-            stat = await self.check(source)
+            stat = await self._remote_stat(source)
+            if fetch and self._fetch_confirms(stat) and self._bodies_at_open < BODIES_AT_OPEN:
+                self._bodies_at_open += 1  # taken now: opens run concurrently
+                try:
+                    stat, handle.body = await self._confirm_fetching(source, stat)
+                finally:
+                    if handle.body is None:
+                        self._bodies_at_open -= 1
+            else:
+                stat = await self.check(source)
             handle.version = _version(source, stat)
             handle.shown = cached_version is not None and same_version(
                 cached_version, handle.version
@@ -444,8 +472,17 @@ class DataStore:
         found = ((i * bs, self._blocks.cached(version, i)) for i in range(-(-size // bs)))
         return [(offset, data) for offset, data in found if data is not None]
 
+    def _take_body(self, handle: OpenFile) -> BodyStream | None:
+        """The handle's whole-file GET opened at open, now the caller's to use or cancel."""
+        body, handle.body = handle.body, None
+        if body is not None:
+            self._bodies_at_open -= 1
+        return body
+
     def release(self, handle: OpenFile) -> None:
         """The file was closed: stop its stream (claimed blocks go to other readers)."""
+        if (body := self._take_body(handle)) is not None:
+            body.cancel()
         if isinstance(handle.source, DerivedFile) and self.derived is not None:
             self.derived.release(handle)
         if handle.stream is not None:
@@ -518,15 +555,22 @@ class DataStore:
         ahead = self._ahead.get(version)
         if ahead is not None and not ahead.stopped:
             window = 0  # being fetched whole, and pushed, ahead of this reader: no second stream
+        body = self._take_body(handle)
+        if body is not None and offset >= self._blocks.block_size:
+            body.cancel()  # the first read is not from the start: not what it was opened for
+            body = None
         stream = handle.stream
         if window and self.background is not None:
             if stream is not None and stream.version == version and not stream.stopped:
                 stream.advance(end, window)
             else:
                 self.release(handle)
-                self._start_stream(handle, source, stat, version, offset, end, window)
+                self._start_stream(handle, source, stat, version, offset, end, window, body)
+                body = None
         else:
             self.release(handle)
+        if body is not None:
+            body.cancel()
         if end <= len(stat.head):
             return stat.head[offset:end]
         return await self._from_blocks(source, stat, offset, end)
@@ -575,10 +619,12 @@ class DataStore:
         offset: int,
         end: int,
         window: int,
+        opened: BodyStream | None = None,
     ) -> None:
         """Give the handle a sequential stream from *offset*'s block on; its first blocks
-        are claimed before this returns, so the read that started it waits for them."""
-        stream = self._stream(source, stat, version, offset, handle.push)
+        are claimed before this returns, so the read that started it waits for them.
+        *opened* is a body already opened from the file's start (see `open`)."""
+        stream = self._stream(source, stat, version, offset, handle.push, opened)
         handle.stream = stream
         self._run_stream(stream, end, window)
 

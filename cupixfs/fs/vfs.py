@@ -241,7 +241,9 @@ class Vfs:
         live = isinstance(node.source, StaticFile) and node.source.live
         pushed = isinstance(node.source, RemoteFile | DerivedFile)
         push = self.kernel.pusher(inode) if pushed else None
-        handle = await self.data.open(node.source, self._kernel_version.get(inode), push)
+        handle = await self.data.open(
+            node.source, self._kernel_version.get(inode), push, fetch=True
+        )
         keep = handle.shown or (isinstance(node.source, StaticFile) and not live)
         unpushed = inode in self._unpushed
         self._unpushed.discard(inode)

@@ -7,9 +7,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from cupixfs.data import store
 from cupixfs.data.sources import RemoteFile
+from cupixfs.data.store import HEAD_SIZE
 from cupixfs.fake.server import FakeServer
 from cupixfs.namespace.nodes import FileNode
 from tests.core.conftest import TOKEN, inode_of, stack_of
@@ -94,3 +97,75 @@ def test_a_file_fetched_ahead_has_its_stated_size_confirmed_by_that_same_request
     true = subs["true"]["files"]["cpc"]
     assert asked["true"] == [[true["blob_id"], 0, true["size"] - 1]]
     assert len(asked["wrong"]) > 1 and len(asked["short"]) > 1  # then checked by a probe
+
+
+def test_an_open_by_a_process_confirms_a_stated_size_by_the_request_that_fetches_it(
+    test_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's open of a file whose size only the API stated, small enough to be
+    fetched whole, sends the whole-file GET itself (its head confirms the size): a first
+    read from the start continues it, so the file costs one request, not a probe and a
+    GET. A first read elsewhere, or a close without a read, cancels it; a size the API
+    got wrong is still storage's; and few such requests are held open at once."""
+    with FakeServer(test_data, token=TOKEN, per_page=5) as server:
+        subs: dict[str, dict[str, Any]] = {}
+        whole = []  # subs whose stated cpc size is true and fetched whole at a first read
+        for pc in server.dataset.pointclouds.values():
+            if pc["attributes"]["kind"] == "sub":
+                subs.setdefault(str(pc["stated_size"]), pc)
+                if pc["stated_size"] == "true" and pc["files"]["cpc"]["size"] > HEAD_SIZE:
+                    whole.append(pc)
+        subs["true"] = whole[0]
+        asked: dict[str, list[list[Any]]] = {}
+
+        async def cpc_of(stack: Any, pc: dict[str, Any]) -> RemoteFile:
+            folder = await inode_of(stack.vfs, f"clusters/{pc['cluster_id']}/{pc['id']}")
+            for name, child in await stack.vfs.namespace.listdir(folder):
+                if name.endswith(".cpc"):
+                    source = stack.vfs.namespace.node(child).source
+                    assert isinstance(source, RemoteFile)
+                    return source
+            raise AssertionError(pc["id"])
+
+        async def main() -> None:
+            for mode in ("true", "wrong", "tail", "closed", "many"):
+                pc = subs["wrong" if mode == "wrong" else "true"]
+                blob = pc["files"]["cpc"]["blob_id"]
+                expected = (server.dataset.dir / "blobs" / blob).read_bytes()
+                async with stack_of(server, tmp_path / mode, captures=[]) as stack:
+                    source = await cpc_of(stack, pc)
+                    server.stats.reset()
+                    if mode == "many":  # more files open at once than bodies held open
+                        monkeypatch.setattr(store, "BODIES_AT_OPEN", 1)
+                        sources = [await cpc_of(stack, other) for other in whole[:2]]
+                        handles = [
+                            await stack.data.open(one, None, None, fetch=True) for one in sources
+                        ]
+                        assert [h.body is not None for h in handles] == [True, False]
+                        assert [0, 65535] in [r[1:] for r in server.stats.snapshot()["blob_ranges"]]
+                        for handle in handles:
+                            stack.data.release(handle)
+                        assert stack.data._bodies_at_open == 0
+                        continue
+                    handle = await stack.data.open(source, None, None, fetch=True)
+                    if mode == "closed":
+                        stack.data.release(handle)
+                        assert stack.data._bodies_at_open == 0
+                        continue
+                    if mode == "tail":  # a first read at the end, as unzip's
+                        at = len(expected) - 100
+                        assert await stack.data.read(handle, at, 100) == expected[at:]
+                        assert stack.data._bodies_at_open == 0
+                    got = bytearray()
+                    while chunk := await stack.data.read(handle, len(got), 1 << 20):
+                        got.extend(chunk)
+                    stack.data.release(handle)
+                    assert bytes(got) == expected, mode
+                    assert await stack.data.size(source) == len(expected), mode
+                    asked[mode] = [r[1:] for r in server.stats.snapshot()["blob_ranges"]]
+
+        trio.run(main)
+    true = subs["true"]["files"]["cpc"]["size"]
+    assert asked["true"] == [[0, true - 1]]  # one request: no probe first
+    assert [0, 65535] in asked["wrong"]  # storage disagreed: then probed, as before
+    assert asked["tail"][0] == [0, true - 1]  # opened at open, then given up

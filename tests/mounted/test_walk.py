@@ -190,24 +190,26 @@ def test_cp_r_of_a_cluster_with_derived_files_is_byte_exact(
 def test_a_copy_asks_storage_once_for_each_file_whose_size_the_api_stated(
     mounter: Any, fake: FakeServer, dataset: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A file walked to and fetched whole needs no size probe first: the fetch's own
-    response confirms the size the API stated. (The first sub is opened before there is
-    a walk, and a file within the probe's 64 KiB is fetched by the probe.)"""
+    """A file fetched whole needs no size probe first: the fetch's own response confirms
+    the size the API stated. So it is for the files walked to, and for the first one,
+    which cp opens before there is a walk: its open sends that fetch. (A file within the
+    probe's 64 KiB is fetched by the probe.)"""
     cluster = next(c for c in dataset["clusters"] if c["name"] == "Cluster 1")
     with mounter() as m:
         source = m.path / "clusters" / str(cluster["id"])
-        _first, *later = os.listdir(source)  # readdir order, as cp walks it
+        first, *later = os.listdir(source)  # readdir order, as cp walks it
         fake.stats.reset()
         subprocess.run(["cp", "-r", str(source), str(tmp_path / "copy")], check=True, timeout=120)
         ranges = fake.stats.snapshot()["blob_ranges"]
     by_id = {str(pc["id"]): pc for pc in dataset["pointclouds"]}
     stated = [
         by_id[sub]["files"]["cpc"]
-        for sub in later
+        for sub in [first, *later]
         if by_id[sub].get("stated_size", "true") == "true"
         and by_id[sub]["files"]["cpc"]["size"] > 64 * 1024
     ]
     assert stated, "the test needs a later sub with a stated size beyond the probe's"
+    assert stated[0] is by_id[first]["files"]["cpc"], "the first sub must qualify too"
     for cpc in stated:
         asked = [[start, end] for blob, start, end in ranges if blob == cpc["blob_id"]]
         assert asked == [[0, cpc["size"] - 1]], (cpc, ranges)
