@@ -366,14 +366,8 @@ class DataStore:
         if isinstance(source, StaticFile):  # one handle reads one consistent document
             handle.snapshot = await self._load_static(source)
         elif isinstance(source, RemoteFile):
-            stat = await self._remote_stat(source)
-            if fetch and self._fetch_confirms(stat) and self._bodies_at_open < BODIES_AT_OPEN:
-                self._bodies_at_open += 1  # taken now: opens run concurrently
-                try:
-                    stat, handle.body = await self._confirm_fetching(source, stat)
-                finally:
-                    if handle.body is None:
-                        self._bodies_at_open -= 1
+            if fetch:
+                stat, handle.body = await self._check_fetching(source, held=True)
             else:
                 stat = await self.check(source)
             handle.version = _version(source, stat)
@@ -415,12 +409,7 @@ class DataStore:
         version the kernel is shown) as they arrive. Returns the version fetched (None:
         not fetched).
         """
-        stat = await self._remote_stat(source)
-        opened = None
-        if self._fetch_confirms(stat):
-            stat, opened = await self._confirm_fetching(source, stat)
-        else:
-            stat = await self.check(source)
+        stat, opened = await self._check_fetching(source)
         if self.background is None or stat.size > WHOLE_FILE or stat.size <= len(stat.head):
             if opened is not None:
                 opened.cancel()
@@ -431,6 +420,26 @@ class DataStore:
         self._ahead[version] = stream
         self._run_stream(stream, 0, stat.size)
         return version
+
+    async def _check_fetching(
+        self, source: RemoteFile, held: bool = False
+    ) -> tuple[RemoteStat, BodyStream | None]:
+        """`check`, by the request that fetches the file whole where that request confirms
+        the size (`_fetch_confirms`): the size, and that request's body, opened (None:
+        checked otherwise). With *held* (an open handle keeps the body until its first
+        read), only while fewer than ``BODIES_AT_OPEN`` are held, each holding a connection.
+        """
+        stat = await self._remote_stat(source)
+        if not self._fetch_confirms(stat) or (held and self._bodies_at_open >= BODIES_AT_OPEN):
+            return await self.check(source), None
+        body = None
+        self._bodies_at_open += held  # taken before waiting: opens run concurrently
+        try:
+            stat, body = await self._confirm_fetching(source, stat)
+        finally:
+            if held and body is None:
+                self._bodies_at_open -= 1
+        return stat, body
 
     def _fetch_confirms(self, stat: RemoteStat) -> bool:
         """Whether the walk's whole-file fetch confirms this size (`_confirm_fetching`):
