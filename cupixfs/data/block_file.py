@@ -182,6 +182,11 @@ def read(path: str, index: int) -> bytes | None:
                 got = f.readinto(view) or 0
     finally:
         os.close(fd)
+    return _payload(view, got)
+
+
+def _payload(view: memoryview, got: int) -> bytes | None:
+    """The payload of a slot read from its start into *view* (*got* bytes; 0: none there)."""
     if got == 0:
         raise Missing
     return decode(view[:got], exact=False)
@@ -220,9 +225,7 @@ class RunReader:
         self._undropped += 1
         if self._undropped >= self.DROP_EVERY:
             self._drop(offset + SLOT - self._first)
-        if got == 0:
-            raise Missing
-        return decode(view[:got], exact=False)
+        return _payload(view, got)
 
     def _drop(self, length: int) -> None:
         """Drop the pages of *length* bytes from the run's start (0: to the file's end)."""
