@@ -15,6 +15,7 @@ from cupixfs.fake.sample import CaptureSpec, SampleSpec, generate
 from cupixfs.fake.server import FakeServer
 from tests.conftest import TOKEN
 from tests.mounted.helpers import sha256_of, video_path
+from tests.pagecache import resident_pages
 
 MiB = 1 << 20
 BIG = SampleSpec(name="cache-tests", captures=(CaptureSpec("big", (24 * MiB + 5, 6 * MiB + 1)),))
@@ -147,3 +148,27 @@ def test_a_later_remount_still_needs_no_storage_request(
     with mounter(*args, cache_dir=cache) as m:
         assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
     assert fake.stats.snapshot()["blob_requests"] == 0
+
+
+def test_a_warm_read_leaves_none_of_the_cache_files_in_memory(
+    mounter: Any, big: tuple[FakeServer, dict[str, Any]], tmp_path: Path
+) -> None:
+    """After a remount, a sequential read comes from the disk cache (no request to storage)
+    through the page cache, read ahead by the kernel; the cache files' pages are dropped
+    behind the reader, so its bytes are not held in memory twice (the mounted file's own
+    pages are)."""
+    server, dataset = big
+    video = _largest_video(dataset)
+    cache = tmp_path / "warm-cache"
+    with mounter(server=server, cache_dir=cache) as m:
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
+    server.stats.reset()
+    _drop_kernel_cache()
+    files = [f for f in (cache / "blocks").rglob("*") if f.is_file()]
+    assert files and all(resident_pages(f) == 0 for f in files)
+    with mounter(server=server, cache_dir=cache) as m:
+        assert sha256_of(video_path(m.path, video)) == video["file"]["sha256"]
+        assert server.stats.snapshot()["blob_requests"] == 0
+        time.sleep(0.5)  # the stream closes its reader once the read is done
+        resident = {f.name: resident_pages(f) for f in files}
+    assert sum(resident.values()) == 0, resident

@@ -12,6 +12,7 @@ import pytest
 
 from cupixfs.data import block_file
 from cupixfs.data.disk_cache import DiskCache
+from tests.pagecache import resident_pages
 
 MiB = 1 << 20
 
@@ -159,32 +160,6 @@ def test_a_file_that_cannot_be_read_at_mount_is_skipped_not_the_cache(
     assert again.enabled and len(again) == 1
 
 
-def _resident(path: Path) -> int:
-    """Pages of the file at *path* in the page cache (``mincore`` of a mapping of it)."""
-    import ctypes
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    size = path.stat().st_size
-    vec = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        try:
-            if libc.mincore(address, size, vec) != 0:
-                raise OSError(ctypes.get_errno(), "mincore")
-        finally:
-            libc.munmap(address, size)
-    finally:
-        os.close(fd)
-    return sum(b & 1 for b in vec.raw)
-
-
 def test_a_run_is_read_in_order_through_the_page_cache_and_dropped_behind(
     tmp_path: Path,
 ) -> None:
@@ -200,7 +175,7 @@ def test_a_run_is_read_in_order_through_the_page_cache_and_dropped_behind(
         f.flush()
         os.fsync(f.fileno())  # (pages written back can be dropped)
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    assert _resident(path) == 0
+    assert resident_pages(path) == 0
     reader = block_file.RunReader(str(path))
     try:
         for i in range(40):
@@ -212,14 +187,14 @@ def test_a_run_is_read_in_order_through_the_page_cache_and_dropped_behind(
             else:
                 assert reader.read(i) == blocks[i]
             if i == 3:  # read through the page cache (read-ahead beyond, even)
-                assert _resident(path) >= 4 * block_file.SLOT // 4096
+                assert resident_pages(path) >= 4 * block_file.SLOT // 4096
         with pytest.raises(block_file.Missing):
             reader.read(40)  # past the end
         # Dropped behind the reader as it goes, not only at the end.
-        assert _resident(path) <= 2 * block_file.RunReader.DROP_EVERY * block_file.SLOT // 4096
+        assert resident_pages(path) <= 2 * block_file.RunReader.DROP_EVERY * block_file.SLOT // 4096
     finally:
         reader.close()
-    assert _resident(path) == 0
+    assert resident_pages(path) == 0
 
 
 def test_a_run_finds_blocks_of_a_file_made_anew_while_it_read(tmp_path: Path) -> None:
