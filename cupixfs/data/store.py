@@ -570,7 +570,12 @@ class DataStore:
             body = None
         stream = handle.stream
         if window and self.background is not None:
-            if stream is not None and stream.version == version and not stream.stopped:
+            if stream is not None and stream.version == version and (
+                not stream.stopped
+                # Done to the file's end, and the reader reads on towards it: nothing is
+                # left to fetch, and a new stream would only push again what it reads.
+                or (stream.finished and offset + self._blocks.block_size >= stream.seen)
+            ):
                 stream.advance(end, window)
             else:
                 self.release(handle)

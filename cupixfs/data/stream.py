@@ -208,13 +208,19 @@ class SequentialStream:
 
     # -- limits and claims -----------------------------------------------------------------
 
+    @property
+    def finished(self) -> bool:
+        """Every block to the file's end has been delivered (the stream then stops)."""
+        return self.next >= self._count
+
     def _fetch_limit(self) -> int:
         """Blocks below this index may be fetched and claimed."""
         return min(self._count, -(-(self.seen + self.window) // self._bs))
 
     @property
     def stopped(self) -> bool:
-        """Closed, or ended on an error: the owner starts a new stream if it wants one."""
+        """Closed, ended on an error, or `finished`: the owner starts a new stream if it
+        wants one (not for a reader reading on to the end of a finished one)."""
         return self._stopped
 
     def _claim(self, first: int, end: int) -> None:
@@ -237,6 +243,29 @@ class SequentialStream:
     def _release(self, index: int) -> None:
         self._claimed.discard(index)
         self._budget.release()
+
+    def _ahead_push(self, index: int) -> Push | None:
+        """What pushes block *index* if the reader is still behind it when its turn in
+        the sink comes (None: pushing is off, or the reader has got there already)."""
+        if self._push is None or not self._ahead_of_reader(index):
+            return None
+        return self._push_if_ahead
+
+    def _ahead_of_reader(self, index: int) -> bool:
+        """Whether the reader has neither read block *index* through us nor is waiting
+        for it: a read's reply carries the block, and a push of it then only copies the
+        same bytes into the kernel a second time. (Safe from any thread: it reads an int
+        and one dict entry, and an answer a moment old costs at most one copy.)"""
+        end = min((index + 1) * self._bs, self._size)
+        return end > self.seen and not self._blocks.waited_for(self.version, index)
+
+    def _push_if_ahead(self, offset: int, data: bytes | memoryview) -> None:
+        """In the sink: push the block at *offset* unless the reader has got there since
+        it was queued. On a cold read the kernel's own read-ahead asks for nearly every
+        block before the network brings it, so most pushes queued would be such copies."""
+        assert self._push is not None
+        if self._ahead_of_reader(offset // self._bs):
+            self._push(offset, data)
 
     def _open_gate(self) -> None:
         with self._gate:
@@ -314,7 +343,7 @@ class SequentialStream:
     def _load(self, run: list[int]) -> None:
         """In a worker thread: read *run* off the disk cache, in order, until a block is
         missing or corrupt (the network path then takes it)."""
-        blocks, version, disk = self._blocks, self.version, self._blocks.disk
+        version, disk = self.version, self._blocks.disk
         assert disk is not None
         with self._reading:
             if self._reader is None and not self._stopped:
@@ -326,7 +355,7 @@ class SequentialStream:
                     data = disk.get_sync(version, index, self._reader)
                     if data is None:
                         return
-                    push = self._push if not blocks.waited_for(version, index) else None
+                    push = self._ahead_push(index)
                     self._token.run_sync_soon(self._loaded, index, data)
                     self._sink.put_blocking(_Item(version, index, data, push, False))
             finally:
@@ -358,7 +387,7 @@ class SequentialStream:
 
     async def _deliver(self, index: int, data: bytes, fetched: bool) -> None:
         """A block is ready on the event loop: to the page cache (and the disk cache)."""
-        push = self._push if self._push is not None and index >= self.seen // self._bs else None
+        push = self._ahead_push(index)
         if push is not None or fetched:
             await self._sink.put(_Item(self.version, index, data, push, fetched))
 
@@ -404,7 +433,7 @@ class SequentialStream:
 
     def _receive(self, body: BodyStream, first: int, end: int) -> None:
         """Read blocks ``[first, end)`` off *body* as the window and the budget allow."""
-        bs, blocks, version = self._bs, self._blocks, self.version
+        bs, version = self._bs, self.version
         for index in range(first, end):
             with self._gate:
                 while not self._stopped and not self._may_read(index):
@@ -414,7 +443,7 @@ class SequentialStream:
             data = body.read_exactly(min(bs, self._size - index * bs))
             ours = index in self._claimed
             # A block a reader waits for goes to the kernel in that read's reply.
-            push = self._push if ours and not blocks.waited_for(version, index) else None
+            push = self._ahead_push(index) if ours else None
             self._token.run_sync_soon(self._arrived, index, data, ours)
             # After the event loop has been told (a read waiting for this block must
             # never wait for a push that waits for that read's pages):

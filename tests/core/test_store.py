@@ -4,6 +4,7 @@ mount-wide read-ahead budget."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,50 @@ def test_a_sequential_read_is_one_request_and_its_blocks_reach_the_page_cache_ah
     assert len(pushes.got) >= 5, sorted(pushes.got)  # most of the file went ahead
     for offset, data in pushes.got.items():
         assert data == expected[offset : offset + len(data)], offset
+
+
+class HeldPushes(Pushes):
+    """Pushes that wait at a gate: the sink falls behind a reader at network speed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def __call__(self, offset: int, data: bytes) -> None:
+        self.gate.wait(10)
+        super().__call__(offset, data)
+
+
+def test_a_block_the_reader_has_read_by_its_turn_in_the_sink_is_not_pushed(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    """A reader as fast as the network gets each block in a read's reply: a push queued
+    for it would copy the same bytes into the kernel again (a cold read through a mount
+    pushed a third of its bytes twice so)."""
+    video = videos(server)[1]  # 12 MiB
+    expected = blob_bytes(server, video)
+    pushes = HeldPushes()
+    got = bytearray()
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            handle = await _open(stack, capture_id, video, pushes)
+            with trio.fail_after(10):
+                got.extend(await stack.data.read(handle, 0, MiB))
+                await trio.sleep(0.3)  # the stream has the whole file meanwhile, and ends
+                while chunk := await stack.data.read(handle, len(got), MiB):
+                    got.extend(chunk)
+            pushes.gate.set()  # the sink goes on: everything queued has been read since
+            await trio.sleep(0.2)
+            stack.data.release(handle)
+            # The stream was done at the file's end before the reader got there: the
+            # reader's last reads went on with it, not with a new one that pushes again.
+            assert stack.data.streams_started == 1
+
+    trio.run(main)
+    assert bytes(got) == expected
+    # At most the two sink workers' first pushes, taken before the reader got there.
+    assert len(pushes.got) <= 2, sorted(pushes.got)
 
 
 def test_streams_stay_within_the_read_ahead_budget_and_give_it_back(
