@@ -570,12 +570,7 @@ class DataStore:
             body = None
         stream = handle.stream
         if window and self.background is not None:
-            if stream is not None and stream.version == version and (
-                not stream.stopped
-                # Done to the file's end, and the reader reads on towards it: nothing is
-                # left to fetch, and a new stream would only push again what it reads.
-                or (stream.finished and offset + self._blocks.block_size >= stream.seen)
-            ):
+            if stream is not None and self._continues(stream, version, offset):
                 stream.advance(end, window)
             else:
                 self.release(handle)
@@ -588,6 +583,16 @@ class DataStore:
         if end <= len(stat.head):
             return stat.head[offset:end]
         return await self._from_blocks(source, stat, offset, end)
+
+    def _continues(self, stream: SequentialStream, version: str, offset: int) -> bool:
+        """Whether a read at *offset* of *version* goes on with *stream*: it is running,
+        or it is done to the file's end and the reader reads on towards that end (nothing
+        is left to fetch, and a new stream would only push again what the reader reads)."""
+        if stream.version != version:
+            return False
+        if not stream.stopped:
+            return True
+        return stream.finished and offset + self._blocks.block_size >= stream.seen
 
     async def _read_exact(
         self, source: RemoteFile, stat: RemoteStat, offset: int, size: int
