@@ -68,6 +68,13 @@ class Faults:
     #: Blob bodies sent with ``Transfer-Encoding: chunked`` and no Content-Length, as a
     #: proxy or CDN in front of storage may re-frame them.
     blob_chunked: bool = False
+    #: Blob bodies sent at most this fast, in MB/s, per response: one TCP flow on a link
+    #: with a long round trip, held back by its window (4 MiB over 80 ms is 50 MB/s) while
+    #: the link could carry more, so that flows side by side add up. 0: no limit.
+    blob_flow_mb_s: float = 0.0
+    #: All blob bodies together sent at most this fast, in MB/s: the link itself is the
+    #: limit, and flows side by side share it. 0: no limit.
+    blob_link_mb_s: float = 0.0
     seed: int = 0
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -118,10 +125,11 @@ class Faults:
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {v}")
             clean[name] = v
-        for name in ("latency_s", "clock_offset_s"):
+        for name in ("latency_s", "clock_offset_s", "blob_flow_mb_s", "blob_link_mb_s"):
             clean[name] = _number(name, values[name])
-        if clean["latency_s"] < 0:
-            raise ValueError("latency_s must be >= 0")
+        for name in ("latency_s", "blob_flow_mb_s", "blob_link_mb_s"):
+            if clean[name] < 0:
+                raise ValueError(f"{name} must be >= 0")
         for name in ("retry_after_s", "url_ttl_s", "seed"):
             v = values[name]
             if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:

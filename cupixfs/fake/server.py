@@ -277,10 +277,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_chunked(body)
             return
         to_send = fake.faults.cut_length(body.length) if cut else body.length
+        flow, link = (fake.faults.current(k) * 1e6 for k in ("blob_flow_mb_s", "blob_link_mb_s"))
         sent = 0
         try:
             self._start(body.status, body.headers, body.length)
-            if to_send:
+            if to_send and kind == "blob" and (flow or link):
+                sent = self._send_paced(body, to_send, flow, link)
+            elif to_send:
                 sent = self.connection.sendfile(body.file, body.offset, to_send)
         except OSError:  # the client went away (DISCONNECTS) or the socket broke
             sent = max(0, body.file.tell() - body.offset)
@@ -293,6 +296,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_paced(self, body: FileBody, length: int, flow: float, link: float) -> int:
+        """Send *length* bytes of *body* no faster than *flow* bytes/s on this connection
+        and *link* bytes/s across all of them (0: no such limit); return the bytes sent."""
+        start, sent = time.monotonic(), 0
+        while sent < length:
+            piece = min(PACED_PIECE, length - sent)
+            due = start + (sent + piece) / flow if flow else 0.0
+            if link:
+                due = max(due, self.server.fake.link.reserve(piece, link))
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            sent += self.connection.sendfile(body.file, body.offset + sent, piece)
+        return sent
 
     def _send_chunked(self, body: FileBody) -> None:
         """Send ``body`` framed in chunks, with no Content-Length (the ``blob_chunked`` knob)."""
@@ -329,6 +346,25 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+#: Bytes sent at a time by a paced body (``blob_flow_mb_s``, ``blob_link_mb_s``).
+PACED_PIECE = 64 << 10
+
+
+class Link:
+    """The one link all paced blob bodies share (``blob_link_mb_s``): each piece is given
+    the next free slot of time on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free = 0.0
+
+    def reserve(self, nbytes: int, rate: float) -> float:
+        """When *nbytes* sent now at *rate* bytes/s have passed, after those before them."""
+        with self._lock:
+            self._free = max(time.monotonic(), self._free) + nbytes / rate
+            return self._free
+
+
 class FakeServer:
     """The fake Cupix service over a generated dataset directory.
 
@@ -358,6 +394,7 @@ class FakeServer:
         self.verbose = verbose
         self.faults = faults if faults is not None else Faults()
         self.stats = Stats()
+        self.link = Link()
         self._tokens = frozenset({token})
         self.blobs = BlobStore(self.dataset, signing_key or secrets.token_bytes(32))
         self.api = CupixApi(self.dataset, lambda: self._tokens, self.sign_url, per_page)

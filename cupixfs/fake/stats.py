@@ -36,6 +36,8 @@ class Stats:
             self._faults: Counter[str] = Counter()
             self._api_in_flight = 0
             self._api_in_flight_max = 0
+            self._blob_in_flight = 0
+            self._blob_in_flight_max = 0
 
     def api_request(self, route: str) -> None:
         with self._lock:
@@ -61,9 +63,12 @@ class Stats:
             self._plain_requests += 1
 
     def blob_range(self, blob_id: str, start: int, end: int) -> None:
-        """Record an inclusive byte range a blob response started to send."""
+        """Record an inclusive byte range a blob response started to send (its body is
+        being sent until `body_sent`: the most at once is counted)."""
         with self._lock:
             self._blob_ranges.append([blob_id, start, end])
+            self._blob_in_flight += 1
+            self._blob_in_flight_max = max(self._blob_in_flight_max, self._blob_in_flight)
 
     def body_sent(self, kind: str, nbytes: int) -> None:
         with self._lock:
@@ -71,6 +76,7 @@ class Stats:
                 self._plain_bytes += nbytes
             else:
                 self._blob_bytes += nbytes
+                self._blob_in_flight = max(0, self._blob_in_flight - 1)
 
     def status(self, code: int) -> None:
         with self._lock:
@@ -89,6 +95,7 @@ class Stats:
                 "blob_requests": self._blob_requests,
                 "blob_bytes": self._blob_bytes,
                 "blob_ranges": [list(r) for r in self._blob_ranges],
+                "blob_in_flight_max": self._blob_in_flight_max,
                 "plain_requests": self._plain_requests,
                 "plain_bytes": self._plain_bytes,
                 "status_counts": dict(self._status_counts),

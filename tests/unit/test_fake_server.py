@@ -604,6 +604,23 @@ def test_latency(server: FakeServer, client: httpx.Client) -> None:
     assert time.monotonic() - start >= 0.3
 
 
+def test_paced_blob_bodies_come_whole_at_their_rate(
+    server: FakeServer, client: httpx.Client
+) -> None:
+    """``blob_flow_mb_s`` paces each body, ``blob_link_mb_s`` all of them together."""
+    url = signed_url(client, server, f"/videos/{BIG_VIDEO}/download")
+    data = blob_file(server, f"video-{BIG_VIDEO}")
+    for knob in ("blob_flow_mb_s", "blob_link_mb_s"):
+        set_faults(server, **{knob: 20})
+        start = time.monotonic()
+        r = client.get(url, headers={"Range": "bytes=0-1999999"})
+        assert r.content == data[:2_000_000], knob
+        assert time.monotonic() - start >= 0.09, knob  # 2 MB at 20 MB/s: 0.1 s
+        set_faults(server, **{knob: 0})
+    bad = httpx.post(server.base_url + "/_fake/faults", json={"blob_flow_mb_s": -1})
+    assert bad.status_code == 400
+
+
 def test_api_errors_and_throttling(server: FakeServer, client: httpx.Client) -> None:
     set_faults(server, api_error_rate=1.0)
     codes = {
