@@ -35,11 +35,19 @@ class ReadAhead:
         self.window = max(self.window, min(window, self.maximum))
         return self.window
 
-    def observe(self, offset: int, size: int) -> int:
-        """Record a read of ``[offset, offset + size)``; return how far beyond it to fetch."""
+    def observe(self, offset: int, size: int, delivered: int = 0) -> int:
+        """Record a read of ``[offset, offset + size)``; return how far beyond it to fetch.
+
+        *delivered*: where the blocks already pushed into the kernel's page cache for this
+        reader end. A read up to there still continues the last one, however far it
+        jumped: the reader read what lies between from the page cache, without us.
+        """
+        near = (
+            self.next_offset - BACKWARD_TOLERANCE <= offset <= self.next_offset + FORWARD_TOLERANCE
+        )
         sequential = (
-            offset == 0 and self.reads == 0
-        ) or self.next_offset - BACKWARD_TOLERANCE <= offset <= self.next_offset + FORWARD_TOLERANCE
+            (offset == 0 and self.reads == 0) or near or self.next_offset <= offset <= delivered
+        )
         if self.reads == 0 and offset != 0:
             sequential = False
         self.reads += 1

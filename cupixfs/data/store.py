@@ -556,7 +556,11 @@ class DataStore:
         if offset >= end:
             return b""
         version = _version(source, stat)
-        window = handle.readahead.observe(offset, end - offset)
+        stream = handle.stream
+        delivered = 0
+        if stream is not None and stream.version == version and not stream.stopped:
+            delivered = stream.next * self._blocks.block_size
+        window = handle.readahead.observe(offset, end - offset, delivered)
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
         if handle.limit is not None:
@@ -568,7 +572,6 @@ class DataStore:
         if body is not None and offset >= self._blocks.block_size:
             body.cancel()  # the first read is not from the start: not what it was opened for
             body = None
-        stream = handle.stream
         if window and self.background is not None:
             if stream is not None and self._continues(stream, version, offset):
                 stream.advance(end, window)

@@ -9,6 +9,11 @@ loading a file) is served by a `SequentialStream`:
   far ahead of the reader as its window allows: when it is that far ahead it stops
   reading, and TCP's flow control holds the server back. A 512 MiB file costs a handful
   of requests, not one per block, and memory stays bounded.
+- **Parts side by side where one flow is held back.** On a link with a long round trip
+  one TCP flow gets one window per round trip, however fast the link. A stream whose
+  reader keeps waiting for one body slower than `PARALLEL_BELOW` tries 8 MiB parts, two
+  GETs at once, then four while they pay; where they do not (the link itself is the
+  limit), it goes back to one body for good (`SequentialStream._adapt`).
 - **Received on the other core.** The body is read in a worker thread (`BodyStream`);
   the event loop only learns that each block has arrived, so it keeps answering the
   kernel's reads meanwhile.
@@ -48,6 +53,19 @@ from cupixfs.data.fetch import BodyStream, RangeFetcher
 from cupixfs.data.sources import RemoteFile
 
 log = logging.getLogger(__name__)
+
+#: Parallel parts (see `SequentialStream._adapt`): at most this many GETs at once for one
+#: reader, each this many blocks long (Mountpoint for S3 fetches 8 MiB parts too).
+MAX_LANES = 4
+PART_BLOCKS = 8
+#: A body slower than this while the reader waits for it may be held back by its round
+#: trip rather than by the link; one flow does far more on a LAN (and on this project's
+#: loopback, 0.6-2 GB/s), where parts side by side would only cost CPU.
+PARALLEL_BELOW = 200e6
+#: What parts side by side must gain over one body to be kept.
+PARALLEL_GAIN = 1.3
+#: The shortest run a decision is made on: shorter ones measure the round trip, not the flow.
+DECIDE_BLOCKS = 4
 
 #: Writes bytes into the kernel's page cache at a byte offset (runs in a worker thread).
 #: Any contiguous buffer will do: ``notify_store`` copies it into the kernel's pages.
@@ -168,7 +186,16 @@ class SequentialStream:
         #: The network thread waits on this for the reader to move on (or for `close`).
         self._gate = threading.Condition()
         self._stopped = False
-        self._receiving: BodyStream | None = None
+        #: The bodies being read now, cancelled by `close` (one, or one per part).
+        self._receiving: set[BodyStream] = set()
+        #: GETs at once for the next run of absent blocks, and what one body did: see
+        #: `_adapt`. None once parts have not paid (this stream keeps one body then).
+        self._lanes = 1
+        self._single_rate: float | None = 0.0
+        #: Blocks of the run being received that a reader was waiting for on arrival.
+        self._waited = 0
+        #: Blocks that arrived ahead of `next` (parts side by side arrive out of order).
+        self._early: set[int] = set()
         #: A body already opened from *start* on (its response's head confirmed the
         #: size): the first request this stream would send, sent already.
         self._opened = opened
@@ -200,8 +227,8 @@ class SequentialStream:
     def close(self) -> None:
         """Stop (the reader went, or seeks): claimed blocks are released to other readers."""
         self._stopped = True
-        if self._receiving is not None:
-            self._receiving.cancel()  # a thread blocked on the socket gets an error now
+        for body in list(self._receiving):
+            body.cancel()  # a thread blocked on the socket gets an error now
         self._scope.cancel()
         self._moved.set()
         self._open_gate()
@@ -209,13 +236,23 @@ class SequentialStream:
     # -- limits and claims -----------------------------------------------------------------
 
     @property
+    def lanes(self) -> int:
+        """GETs at once the next run of absent blocks may have (see `_adapt`)."""
+        return self._lanes
+
+    @property
     def finished(self) -> bool:
         """Every block to the file's end has been delivered (the stream then stops)."""
         return self.next >= self._count
 
     def _fetch_limit(self) -> int:
-        """Blocks below this index may be fetched and claimed."""
-        return min(self._count, -(-(self.seen + self.window) // self._bs))
+        """Blocks below this index may be fetched and claimed. With parts side by side,
+        at least two rounds of them: the last part in flight must not wait for the reader
+        to finish the first before it may read on."""
+        ahead = self.window
+        if self._lanes > 1:
+            ahead = max(ahead, 2 * self._lanes * PART_BLOCKS * self._bs)
+        return min(self._count, -(-(self.seen + ahead) // self._bs))
 
     @property
     def stopped(self) -> bool:
@@ -411,6 +448,38 @@ class SequentialStream:
                 break
             end += 1
         self._request_blocks = end - first
+        parts = -(-(end - first) // PART_BLOCKS) if self._lanes > 1 else 1
+        self._waited = 0
+        started = trio.current_time()
+        if parts > 1:
+            await self._parts(first, end)
+        else:
+            await self._body(first, end)
+        self._adapt(end - first, trio.current_time() - started, min(parts, self._lanes))
+
+    async def _parts(self, first: int, end: int) -> None:
+        """Blocks ``[first, end)`` as parts of `PART_BLOCKS`, up to `_lanes` GETs at once.
+        A part starts when one ends, in order, so the parts in flight are the next ones
+        the reader needs and stay within its window."""
+        lanes = trio.Semaphore(self._lanes)
+
+        async def part(start: int) -> None:
+            try:
+                await self._body(start, min(start + PART_BLOCKS, end))
+            finally:
+                lanes.release()
+
+        async with trio.open_nursery() as nursery:
+            for start in range(first, end, PART_BLOCKS):
+                await lanes.acquire()
+                if self._stopped:
+                    lanes.release()
+                    break
+                nursery.start_soon(part, start)
+
+    async def _body(self, first: int, end: int) -> None:
+        """Blocks ``[first, end)`` from one GET, received in a worker thread."""
+        bs = self._bs
         body, self._opened = self._opened, None
         stop = min(end * bs, self._size)
         if body is None or body.position != first * bs or body.end < stop:
@@ -420,14 +489,44 @@ class SequentialStream:
             await body.open()
         self.requests += 1
         async with self._fetcher.streams:
-            self._receiving = body
+            self._receiving.add(body)
             try:
                 await trio.to_thread.run_sync(
                     self._receive, body, first, end, abandon_on_cancel=True
                 )
             finally:
-                self._receiving = None
+                self._receiving.discard(body)
                 body.cancel()
+
+    def _adapt(self, blocks: int, seconds: float, bodies: int) -> None:
+        """How many GETs at once the next run may have, from how this run went.
+
+        Parts side by side pay on a link whose round trip holds each flow back (a flow
+        gets one window per round trip, and flows side by side add up), not where the
+        link itself or this process is the limit (they would share it, and cost CPU and
+        requests). So they are tried only where the reader waits for one body that is
+        slower than `PARALLEL_BELOW`, and kept only while they beat that body by
+        `PARALLEL_GAIN`; once they have not, this stream keeps one body.
+        """
+        if self._single_rate is None or blocks < DECIDE_BLOCKS or seconds <= 0:
+            return
+        rate = blocks * self._bs / seconds
+        if bodies == 1:
+            if 2 * self._waited >= blocks and rate < PARALLEL_BELOW:
+                self._single_rate = rate
+                self._lanes = max(self._lanes, 2)
+            return
+        if rate >= PARALLEL_GAIN * self._single_rate:
+            self._lanes = min(MAX_LANES, 2 * bodies)
+        else:
+            log.debug(
+                "%s: %d parts at once gave %.0f MB/s against one body's %.0f: one body",
+                self._source.key,
+                bodies,
+                rate / 1e6,
+                self._single_rate / 1e6,
+            )
+            self._lanes, self._single_rate = 1, None
 
     # -- in the network thread ------------------------------------------------------------
 
@@ -461,9 +560,17 @@ class SequentialStream:
     def _arrived(self, index: int, data: bytes, ours: bool) -> None:
         """A block came off the network: keep it, wake its readers, claim further on."""
         self._fetcher.stats.bytes += len(data)
-        self.next = max(self.next, index + 1)
+        if index == self.next:
+            self.next += 1
+            while self.next in self._early:  # parts ahead of this one arrived first
+                self._early.discard(self.next)
+                self.next += 1
+        elif index > self.next:
+            self._early.add(index)
         if not ours or index not in self._claimed:
             return  # released since (the stream stopped): its readers fetch it themselves
+        if self._blocks.waited_for(self.version, index):
+            self._waited += 1
         self._release(index)
         self._blocks.fill(self.version, index, data)
         self._blocks.stats.fetched += 1

@@ -36,3 +36,13 @@ def test_a_first_read_away_from_the_start_is_random_access() -> None:
     ahead = ReadAhead(initial=MiB, maximum=8 * MiB)
     assert ahead.observe(3 * MiB, 4096) == 0
     assert ahead.observe(3 * MiB + 4096, 4096) == MiB  # then it continues: sequential
+
+
+def test_a_jump_over_what_was_pushed_ahead_of_the_reader_is_still_sequential() -> None:
+    """The reader read the pushed blocks from the kernel's page cache, without us: its
+    next read that reaches us may be far ahead, but not past what was delivered."""
+    ahead = ReadAhead(initial=MiB, maximum=8 * MiB)
+    ahead.observe(0, MiB)
+    far = MiB + FORWARD_TOLERANCE + 8 * MiB
+    assert ahead.observe(far, MiB, delivered=far + MiB) == 2 * MiB
+    assert ahead.observe(far + 40 * MiB, MiB, delivered=far + 2 * MiB) == 0  # beyond it
