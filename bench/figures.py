@@ -583,6 +583,50 @@ def shaped(ctx: Context) -> Row:
     return row
 
 
+#: One TCP flow on a link with a long round trip: its window per round trip (4 MiB over
+#: 80 ms), whatever the link could carry; the fake paces each blob body so.
+FLOW_MB_S = 50
+
+
+def long_rtt(ctx: Context) -> Row:
+    """A cold read where each flow is held back (``blob_flow_mb_s``): one body, as curl
+    gets, against parts side by side."""
+    blob = ctx.data.mesh  # 256 MiB: curl takes 5 s at one flow's pace
+    row = Row("long_rtt", "MB/s", baseline_label="curl", target="> 1 (parts pay)")
+    curl_s: list[float] = []
+    mine_s: list[float] = []
+    cpu: list[float] = []
+    requests: list[int] = []
+    try:
+        ctx.server.set_faults(blob_flow_mb_s=FLOW_MB_S)
+        url = ctx.server.signed_url(blob.api_path)
+        for _ in range(ctx.repeat):
+            cold(ctx.files(blob))
+            curl_s.append(curl_read(url, blob.size).mb_s)
+            with ctx.cupixfs("long_rtt") as mount:
+                cold(ctx.files(blob))
+                ctx.server.reset_stats()
+                speed, cpu_per_gib = _read_with_cpu(mount, blob)
+                requests.append(int(ctx.server.stats()["blob_requests"]))
+                mine_s.append(speed)
+                cpu.append(cpu_per_gib)
+        ctx.say(f"long_rtt: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}; GETs {requests}")
+        ctx.samples["long_rtt_cpu_s_per_gib"] = cpu
+    finally:
+        ctx.server.set_faults(blob_flow_mb_s=0)
+        _cleanup(ctx.work / "long_rtt")
+    row.baseline = ctx.median(curl_s)
+    row.value = ctx.median(mine_s)
+    row.ratio = _ratio(row.value, row.baseline)
+    row.passed = None if row.ratio is None else row.ratio > 1
+    row.notes.append(
+        f"each blob body paced to {FLOW_MB_S} MB/s (one flow's window per round trip);"
+        f" storage requests per read {requests}"
+    )
+    _add_cpu_note(row, ctx, "long_rtt_cpu_s_per_gib", "long_rtt")
+    return row
+
+
 _UNZIP_TOTAL = re.compile(r"^\s*(\d+)\s+(\d+) files?\s*$", re.MULTILINE)
 
 
@@ -1163,6 +1207,7 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "rclone_full_warm": rclone_full_warm_row,
     "warm_remount": warm_remount,
     "shaped": shaped,
+    "long_rtt": long_rtt,
     "unzip_l": unzip_l,
     "zip_member": zip_member,
     "las_read": las_read,
