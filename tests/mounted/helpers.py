@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from cupixfs.fake.sample import SampleSpec, generate
+from cupixfs.fake.server import FakeServer
+from tests.conftest import TOKEN
+
+
+@contextmanager
+def sample_server(spec: SampleSpec, factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
+    """A fake server over *spec*'s sample data, written into a fresh temporary folder."""
+    data = factory.mktemp(spec.name)
+    generate(spec, data)
+    with FakeServer(data, token=TOKEN) as server:
+        yield server
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

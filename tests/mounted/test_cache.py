@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cupixfs.fake.sample import CaptureSpec, SampleSpec, generate
+from cupixfs.fake.sample import CaptureSpec, SampleSpec
 from cupixfs.fake.server import FakeServer
-from tests.conftest import TOKEN
-from tests.mounted.helpers import sha256_of, video_path
+from tests.mounted.helpers import sample_server, sha256_of, video_path
 from tests.pagecache import resident_pages
 
 MiB = 1 << 20
@@ -24,9 +23,7 @@ BIG = SampleSpec(name="cache-tests", captures=(CaptureSpec("big", (24 * MiB + 5,
 @pytest.fixture(scope="module")
 def big_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A server with files large enough for read-ahead and block counting to show."""
-    data = tmp_path_factory.mktemp("big-data")
-    generate(BIG, data)
-    with FakeServer(data, token=TOKEN) as server:
+    with sample_server(BIG, tmp_path_factory) as server:
         yield server
 
 

@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cupixfs.fake.sample import CaptureSpec, SampleSpec, generate
+from cupixfs.fake.sample import CaptureSpec, SampleSpec
 from cupixfs.fake.server import FakeServer
-from tests.conftest import TOKEN
-from tests.mounted.helpers import sha256_of, video_path
+from tests.mounted.helpers import sample_server, sha256_of, video_path
 
 MiB = 1 << 20
 #: Larger than a file fetched whole at its first read (32 MiB): it is read in runs.
@@ -23,9 +22,7 @@ LONG = SampleSpec(name="parts-tests", captures=(CaptureSpec("long", (72 * MiB + 
 
 @pytest.fixture(scope="module")
 def long_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    data = tmp_path_factory.mktemp("parts-data")
-    generate(LONG, data)
-    with FakeServer(data, token=TOKEN) as server:
+    with sample_server(LONG, tmp_path_factory) as server:
         yield server
 
 
