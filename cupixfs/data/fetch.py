@@ -123,6 +123,10 @@ class FetchStats:
     requests: int = 0
     bytes: int = 0
     retries: int = 0
+    #: GETs sent as parts side by side, and streams that went back to one body after
+    #: parts did not pay (see `SequentialStream._adapt`).
+    parts: int = 0
+    parts_given_up: int = 0
 
 
 class RangeFetcher:

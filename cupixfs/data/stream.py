@@ -464,6 +464,7 @@ class SequentialStream:
         lanes = trio.Semaphore(self._lanes)
 
         async def part(start: int) -> None:
+            self._fetcher.stats.parts += 1
             try:
                 await self._body(start, min(start + PART_BLOCKS, end))
             finally:
@@ -527,6 +528,7 @@ class SequentialStream:
                 self._single_rate / 1e6,
             )
             self._lanes, self._single_rate = 1, None
+            self._fetcher.stats.parts_given_up += 1
 
     # -- in the network thread ------------------------------------------------------------
 

@@ -180,6 +180,8 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
                 "api_requests": client.requests,
                 "bytes": fetcher.stats.bytes,
                 "retries": fetcher.stats.retries + client.retries,
+                "parts": fetcher.stats.parts,
+                "parts_given_up": fetcher.stats.parts_given_up,
                 "disk_cache_bytes": disk.used_bytes,
                 "disk_cache_blocks": len(disk),
                 "corrupt_blocks": disk.corrupt,

@@ -4,6 +4,7 @@ every byte right."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def test_a_copy_held_back_by_one_flow_gets_parts_side_by_side(
         with mounter(server=long_server, cache_dir=tmp_path / "cache") as m:
             copy = tmp_path / "copy.insv"
             shutil.copyfile(video_path(m.path, video), copy)
+            status = json.loads((m.path / ".cupixfs" / "status").read_text())
     finally:
         long_server.faults.reset()
     assert sha256_of(copy) == video["file"]["sha256"]
@@ -42,3 +44,4 @@ def test_a_copy_held_back_by_one_flow_gets_parts_side_by_side(
     assert stats["blob_in_flight_max"] >= 2, stats["blob_ranges"]
     parts = [r for r in stats["blob_ranges"] if r[2] - r[1] + 1 == 8 * MiB]
     assert len(parts) >= 2, stats["blob_ranges"]
+    assert status["parts"] >= len(parts) and status["parts_given_up"] == 0, status  # the last is short
