@@ -70,3 +70,15 @@ def test_parts_that_only_share_the_link_are_given_up_for_one_body(
     stats = server.stats.snapshot()
     assert stats["blob_in_flight_max"] == 2, stats["blob_ranges"]  # tried with two, no more
     assert lanes == 1, _lengths(server)  # they did not pay: one body from then on
+
+
+def test_parts_cut_short_or_refused_are_resumed_and_retried_to_the_right_bytes(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    """Each part is a body of its own, with the same checks, resume and retries."""
+    _read_whole(
+        server, capture_id, tmp_path, blob_flow_mb_s=40, cut_rate=0.2, blob_error_rate=0.05, seed=7
+    )
+    stats = server.stats.snapshot()
+    assert stats["blob_in_flight_max"] >= 2, stats["blob_ranges"]
+    assert stats["faults_injected"], stats  # the faults did hit the read
