@@ -68,7 +68,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("disk_hits", "disk cache hits", "count"),
     ("fetched", "blocks fetched", "count"),
     ("prefetched", "  by read-ahead", "count"),
-    ("parts", "  GETs as parts side by side", "count"),
+    ("parts", "  GETs as parts", "count"),
     ("parts_given_up", "  streams back to one GET", "count"),
     ("walks_followed", "tree walks followed", "count"),
     ("files_fetched_ahead", "  files fetched ahead", "count"),
