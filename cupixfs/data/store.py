@@ -557,9 +557,9 @@ class DataStore:
             return b""
         version = _version(source, stat)
         stream = handle.stream
-        delivered = 0
-        if stream is not None and stream.version == version and not stream.stopped:
-            delivered = stream.next * self._blocks.block_size
+        delivered = 0  # where the blocks pushed into the page cache for this reader end
+        if stream is not None and handle.push is not None and stream.version == version:
+            delivered = 0 if stream.stopped else stream.next * self._blocks.block_size
         window = handle.readahead.observe(offset, end - offset, delivered)
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once
