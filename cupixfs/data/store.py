@@ -559,7 +559,7 @@ class DataStore:
         stream = handle.stream
         delivered = 0  # where the blocks pushed into the page cache for this reader end
         if stream is not None and handle.push is not None and stream.version == version:
-            delivered = 0 if stream.stopped else stream.next * self._blocks.block_size
+            delivered = stream.next * self._blocks.block_size  # stopped or not: they stay
         window = handle.readahead.observe(offset, end - offset, delivered)
         if offset == 0 and handle.readahead.reads == 1 and stat.size <= WHOLE_FILE:
             window = handle.readahead.widen(stat.size)  # from its start: the whole file at once

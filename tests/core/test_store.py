@@ -173,6 +173,34 @@ def test_a_block_the_reader_has_read_by_its_turn_in_the_sink_is_not_pushed(
     assert len(pushes.got) <= 2, sorted(pushes.got)
 
 
+def test_a_reader_that_jumps_over_pushed_blocks_goes_on_with_its_finished_stream(
+    server: FakeServer, capture_id: int, tmp_path: Path
+) -> None:
+    """Blocks pushed ahead are read from the page cache without us: the next read that
+    reaches us may be far ahead, and is still the same sequential reader, even once its
+    stream has fetched everything and ended."""
+    video = videos(server)[0]  # 40 MiB: the stream fetches up to 32 MiB ahead of the reader
+    expected = blob_bytes(server, video)
+    got: dict[int, bytes] = {}
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            handle = await _open(stack, capture_id, video, Pushes())
+            for offset in range(0, 9 * MiB, MiB):  # then the window reaches the file's end
+                got[offset] = bytes(await stack.data.read(handle, offset, MiB))
+            with trio.fail_after(10):
+                while handle.stream is None or not handle.stream.finished:
+                    await trio.sleep(0.01)  # the rest of the file arrives (and is pushed)
+            for offset in (30 * MiB, 31 * MiB):  # 21 MiB past the last read through us
+                got[offset] = bytes(await stack.data.read(handle, offset, MiB))
+            assert stack.data.streams_started == 1
+            stack.data.release(handle)
+
+    trio.run(main)
+    for offset, data in got.items():
+        assert data == expected[offset : offset + MiB], offset
+
+
 def test_streams_stay_within_the_read_ahead_budget_and_give_it_back(
     server: FakeServer, capture_id: int, tmp_path: Path
 ) -> None:
