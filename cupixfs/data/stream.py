@@ -188,10 +188,11 @@ class SequentialStream:
         self._stopped = False
         #: The bodies being read now, cancelled by `close` (one, or one per part).
         self._receiving: set[BodyStream] = set()
-        #: GETs at once for the next run of absent blocks, and what one body did: see
-        #: `_adapt`. None once parts have not paid (this stream keeps one body then).
+        #: GETs at once for the next run of absent blocks, what one body did, and whether
+        #: parts have failed to pay (this stream then keeps one body): see `_adapt`.
         self._lanes = 1
-        self._single_rate: float | None = 0.0
+        self._single_rate = 0.0
+        self._parts_off = False
         #: Blocks of the run being received that a reader was waiting for on arrival.
         self._waited = 0
         #: Blocks that arrived ahead of `next` (parts side by side arrive out of order).
@@ -509,7 +510,7 @@ class SequentialStream:
         slower than `PARALLEL_BELOW`, and kept only while they beat that body by
         `PARALLEL_GAIN`; once they have not, this stream keeps one body.
         """
-        if self._single_rate is None or blocks < DECIDE_BLOCKS or seconds <= 0:
+        if self._parts_off or blocks < DECIDE_BLOCKS or seconds <= 0:
             return
         rate = blocks * self._bs / seconds
         if bodies == 1:
@@ -527,7 +528,7 @@ class SequentialStream:
                 rate / 1e6,
                 self._single_rate / 1e6,
             )
-            self._lanes, self._single_rate = 1, None
+            self._lanes, self._parts_off = 1, True
             self._fetcher.stats.parts_given_up += 1
 
     # -- in the network thread ------------------------------------------------------------

@@ -308,7 +308,9 @@ class _Handler(BaseHTTPRequestHandler):
                 due = max(due, self.server.fake.link.reserve(piece, link))
             if (wait := due - time.monotonic()) > 0:
                 time.sleep(wait)
-            sent += self.connection.sendfile(body.file, body.offset + sent, piece)
+            if not (done := self.connection.sendfile(body.file, body.offset + sent, piece)):
+                break  # the file ended early: the client finds the body short
+            sent += done
         return sent
 
     def _send_chunked(self, body: FileBody) -> None:
