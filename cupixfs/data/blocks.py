@@ -24,6 +24,7 @@ import cachetools
 import trio
 
 from cupixfs.core.errors import ProtocolError, unwrap
+from cupixfs.data.block_file import Block
 from cupixfs.data.disk_cache import DiskCache
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,13 @@ BLOCK_SIZE = 1 << 20
 
 BlockKey = tuple[str, int]
 #: Fetches blocks ``[first, last]`` of a version and returns them, one bytes per block.
-FetchRun = Callable[[int, int], Awaitable[list[bytes]]]
+FetchRun = Callable[[int, int], Awaitable[list[Block]]]
 
 
 @dataclass
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: Block | None = None
     #: Readers waiting for it (a kernel read in flight for these bytes, usually).
     waiters: int = 0
 
@@ -76,7 +77,7 @@ class BlockCache:
         self.block_size = block_size
         self.part_blocks = part_blocks
         self.disk = disk
-        self._memory: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(
+        self._memory: cachetools.LRUCache[BlockKey, Block] = cachetools.LRUCache(
             maxsize=max(memory_bytes, 2 * block_size), getsizeof=len
         )
         self._pending: dict[BlockKey, _Pending] = {}
@@ -87,7 +88,7 @@ class BlockCache:
 
     # -- one block at a time (the sequential stream's view) ------------------------------
 
-    def cached(self, version: str, index: int) -> bytes | None:
+    def cached(self, version: str, index: int) -> Block | None:
         """The block if it is in memory (and counts as recently used)."""
         return self._memory.get((version, index))
 
@@ -108,7 +109,7 @@ class BlockCache:
         self._pending[key] = _Pending()
         return True
 
-    def fill(self, version: str, index: int, data: bytes) -> bool:
+    def fill(self, version: str, index: int, data: Block) -> bool:
         """A claimed block arrived: keep it and wake whoever waits for it; whether anyone
         did (then a reply is already carrying these bytes to the kernel)."""
         self._memory[(version, index)] = data
@@ -120,7 +121,7 @@ class BlockCache:
         pending = self._pending.get((version, index))
         return pending is not None and pending.waiters > 0
 
-    async def wait(self, version: str, index: int) -> bytes | None:
+    async def wait(self, version: str, index: int) -> Block | None:
         """The block once whoever fetches it is done; None if that failed or nobody does."""
         data = self._memory.get((version, index))
         if data is not None:
@@ -140,9 +141,9 @@ class BlockCache:
 
     def _claim(
         self, version: str, indices: range | list[int]
-    ) -> tuple[dict[int, bytes], list[int], dict[int, _Pending]]:
+    ) -> tuple[dict[int, Block], list[int], dict[int, _Pending]]:
         """Split *indices* into found in memory, newly claimed by us, and pending elsewhere."""
-        found: dict[int, bytes] = {}
+        found: dict[int, Block] = {}
         claimed: list[int] = []
         waiting: dict[int, _Pending] = {}
         for index in indices:
@@ -159,7 +160,7 @@ class BlockCache:
                 claimed.append(index)
         return found, claimed, waiting
 
-    async def get(self, version: str, first: int, last: int, fetch: FetchRun) -> list[bytes]:
+    async def get(self, version: str, first: int, last: int, fetch: FetchRun) -> list[Block]:
         """Blocks *first*..*last* of *version*: memory, disk, or one shared fetch each."""
         found, claimed, waiting = self._claim(version, range(first, last + 1))
         if claimed:
@@ -173,7 +174,7 @@ class BlockCache:
             found[index] = pending.data
         return [found[i] for i in range(first, last + 1)]
 
-    async def load_from_disk(self, version: str, claimed: list[int]) -> dict[int, bytes]:
+    async def load_from_disk(self, version: str, claimed: list[int]) -> dict[int, Block]:
         """Read *claimed* blocks from disk in one thread hop; fill those found (intact).
 
         Blocks not found stay claimed: the caller fetches or abandons them.
@@ -187,7 +188,7 @@ class BlockCache:
         return on_disk
 
     async def _load_claimed(
-        self, version: str, claimed: list[int], fetch: FetchRun, found: dict[int, bytes]
+        self, version: str, claimed: list[int], fetch: FetchRun, found: dict[int, Block]
     ) -> None:
         """Fill *found* with the *claimed* blocks (disk first, then network); wake waiters."""
         try:
@@ -203,13 +204,13 @@ class BlockCache:
                 self._wake(version, index, found.get(index))
 
     async def _fetch(
-        self, version: str, missing: list[int], fetch: FetchRun, found: dict[int, bytes]
+        self, version: str, missing: list[int], fetch: FetchRun, found: dict[int, Block]
     ) -> None:
         async def fetch_run(run_first: int, run_last: int) -> None:
             data = await fetch(run_first, run_last)
             if len(data) != run_last - run_first + 1:
                 raise ProtocolError(f"expected {run_last - run_first + 1} blocks, got {len(data)}")
-            fetched: list[tuple[int, bytes]] = []
+            fetched: list[tuple[int, Block]] = []
             for index, block in zip(range(run_first, run_last + 1), data, strict=True):
                 found[index] = block
                 self.fill(version, index, block)  # readers need not wait for the disk
@@ -224,7 +225,7 @@ class BlockCache:
         except BaseExceptionGroup as group:
             raise unwrap(group) from None
 
-    def _wake(self, version: str, index: int, data: bytes | None) -> bool:
+    def _wake(self, version: str, index: int, data: Block | None) -> bool:
         pending = self._pending.pop((version, index), None)
         if pending is None:
             return False
@@ -232,7 +233,7 @@ class BlockCache:
         pending.done.set()
         return pending.waiters > 0
 
-    async def store(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
+    async def store(self, version: str, blocks: list[tuple[int, Block]]) -> None:
         """Write blocks to disk in the background while the write queue has room, else inline.
 
         The queue bound keeps a disk slower than the network from holding an
@@ -258,7 +259,7 @@ class BlockCache:
                 return
         await disk.put_many(version, blocks)
 
-    async def put(self, version: str, index: int, data: bytes) -> None:
+    async def put(self, version: str, index: int, data: Block) -> None:
         """Keep a block learnt some other way (a probe that read a small file whole)."""
         self._memory[(version, index)] = data
         await self.store(version, [(index, data)])

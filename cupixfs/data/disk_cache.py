@@ -33,6 +33,7 @@ import trio
 
 from cupixfs.core import cache_layout as layout
 from cupixfs.data import block_file
+from cupixfs.data.block_file import Block
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class DiskCache:
 
     def get_sync(
         self, version: str, index: int, reader: block_file.RunReader | None = None
-    ) -> bytes | None:
+    ) -> Block | None:
         """Block *index* of *version*, or None; read by *reader* (a run in order), if given."""
         if not self.enabled:
             return None
@@ -204,7 +205,7 @@ class DiskCache:
             return None
 
     @staticmethod
-    def _read(path: Path, index: int, reader: block_file.RunReader | None) -> bytes | None:
+    def _read(path: Path, index: int, reader: block_file.RunReader | None) -> Block | None:
         """Block *index* of the file at *path*, by *reader* if given.
 
         A run's reader holds its file open for the run: if the file was deleted and made
@@ -219,7 +220,7 @@ class DiskCache:
                     return payload
         return block_file.read(str(path), index)
 
-    def put_sync(self, version: str, index: int, payload: bytes) -> None:
+    def put_sync(self, version: str, index: int, payload: Block) -> None:
         if not self.enabled:
             return
         rel, path = self._path(version)
@@ -326,12 +327,12 @@ class DiskCache:
     # One thread hop per batch, not per block: handing a job to a worker thread
     # costs about as much as reading a cached 1 MiB block.
 
-    async def get_many(self, version: str, indices: list[int]) -> dict[int, bytes]:
+    async def get_many(self, version: str, indices: list[int]) -> dict[int, Block]:
         """The blocks of *indices* that are on disk and intact."""
         if not self.enabled or not indices:
             return {}
 
-        def read_all() -> dict[int, bytes]:
+        def read_all() -> dict[int, Block]:
             found = {}
             for index in indices:
                 payload = self.get_sync(version, index)
@@ -341,7 +342,7 @@ class DiskCache:
 
         return await trio.to_thread.run_sync(read_all)
 
-    async def put_many(self, version: str, blocks: list[tuple[int, bytes]]) -> None:
+    async def put_many(self, version: str, blocks: list[tuple[int, Block]]) -> None:
         if not self.enabled or not blocks:
             return
 

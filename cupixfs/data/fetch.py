@@ -26,6 +26,7 @@ from cupixfs.api.client import retry_after
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
 from cupixfs.core.retry import Retryable, RetryPolicy, retrying
 from cupixfs.data import rawhttp
+from cupixfs.data.block_file import Block
 from cupixfs.data.rawhttp import RawBody, RawHttp
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.sources import RemoteFile
@@ -64,7 +65,7 @@ class RemoteStat:
 class Fetched:
     """A range read whole: its pieces, and what the response said of the object."""
 
-    pieces: list[bytes]
+    pieces: list[Block]
     etag: str | None
     total: int | None
 
@@ -90,9 +91,9 @@ class _Body:
     size: int = 0
 
 
-def split_chunks(chunks: list[bytes], piece: int) -> list[bytes]:
+def split_chunks(chunks: list[bytes], piece: int) -> list[Block]:
     """Re-cut a stream's *chunks* into pieces of *piece* bytes (the last may be shorter)."""
-    pieces: list[bytes] = []
+    pieces: list[Block] = []
     parts: list[memoryview | bytes] = []
     filled = 0
     for chunk in chunks:
@@ -440,7 +441,7 @@ class BodyStream:
 
     # -- in a worker thread ------------------------------------------------------------------
 
-    def read_exactly(self, count: int) -> bytes:
+    def read_exactly(self, count: int) -> Block:
         """The next *count* bytes of the range. Runs in a worker thread; a body cut short
         is reopened (through the event loop) from the byte it reached."""
         parts: list[memoryview] = []
@@ -457,7 +458,7 @@ class BodyStream:
             want -= take
         return joined(parts)
 
-    def _next_chunk(self, want: int) -> bytes:
+    def _next_chunk(self, want: int) -> Block:
         """The next bytes of the body: up to *want* from the raw reader, or httpx's next
         chunk (of any size)."""
         policy = self._fetcher._policy

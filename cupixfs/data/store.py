@@ -25,6 +25,7 @@ import cachetools
 import trio
 
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
+from cupixfs.data.block_file import Block
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import BodyStream, RangeFetcher, RemoteStat
 from cupixfs.data.readahead import INITIAL_WINDOW, MAX_WINDOW, ReadAhead
@@ -475,7 +476,7 @@ class DataStore:
                 body.cancel()
         return await self.check(source), None
 
-    def held(self, source: RemoteFile, version: str) -> list[tuple[int, bytes]]:
+    def held(self, source: RemoteFile, version: str) -> list[tuple[int, Block]]:
         """``(offset, bytes)`` of the blocks of *source*'s *version* in memory."""
         bs, size = self._blocks.block_size, self.known_size(source) or 0
         found = ((i * bs, self._blocks.cached(version, i)) for i in range(-(-size // bs)))
@@ -620,7 +621,7 @@ class DataStore:
         """Bytes ``[offset, end)`` from the block cache, fetching missing blocks."""
         bs = self._blocks.block_size
 
-        async def fetch_run(run_first: int, run_last: int) -> list[bytes]:
+        async def fetch_run(run_first: int, run_last: int) -> list[Block]:
             start = run_first * bs
             stop = min((run_last + 1) * bs, stat.size)
             return (await self._fetcher.fetch(source, start, stop, stat.etag, bs)).pieces

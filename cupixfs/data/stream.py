@@ -47,7 +47,7 @@ from functools import partial
 import trio
 
 from cupixfs.core.errors import unwrap
-from cupixfs.data.block_file import RunReader
+from cupixfs.data.block_file import Block, RunReader
 from cupixfs.data.blocks import BlockCache
 from cupixfs.data.fetch import BodyStream, RangeFetcher
 from cupixfs.data.sources import RemoteFile
@@ -78,7 +78,7 @@ class _Item:
 
     version: str
     index: int
-    data: bytes
+    data: Block
     push: Push | None
     write: bool
 
@@ -413,7 +413,7 @@ class SequentialStream:
         with self._reading:
             self._close_reader()
 
-    def _loaded(self, index: int, data: bytes) -> None:
+    def _loaded(self, index: int, data: Block) -> None:
         """Back on the event loop: a block read from disk is kept, and its readers woken."""
         self.next = max(self.next, index + 1)
         if index not in self._claimed:
@@ -423,7 +423,7 @@ class SequentialStream:
         self._blocks.stats.disk_hits += 1
         self._claim(self.next, self._fetch_limit())
 
-    async def _deliver(self, index: int, data: bytes, fetched: bool) -> None:
+    async def _deliver(self, index: int, data: Block, fetched: bool) -> None:
         """A block is ready on the event loop: to the page cache (and the disk cache)."""
         push = self._ahead_push(index)
         if push is not None or fetched:
@@ -560,7 +560,7 @@ class SequentialStream:
 
     # -- back on the event loop -------------------------------------------------------------
 
-    def _arrived(self, index: int, data: bytes, ours: bool) -> None:
+    def _arrived(self, index: int, data: Block, ours: bool) -> None:
         """A block came off the network: keep it, wake its readers, claim further on."""
         self._fetcher.stats.bytes += len(data)
         if index == self.next:

@@ -75,7 +75,7 @@ class KernelCache:
                 return
             self.pushed_bytes += len(data)
 
-    async def push_now(self, inode: int, blocks: list[tuple[int, bytes]]) -> None:
+    async def push_now(self, inode: int, blocks: list[tuple[int, bytes | memoryview]]) -> None:
         """Push *blocks* (``(offset, bytes)``) of *inode*'s current version, and return
         once they are in (from a worker thread: a push may wait for the kernel)."""
         if not self.enabled or not blocks:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from cupixfs.data import rawhttp
+from cupixfs.data import block_file, rawhttp
 from cupixfs.data.rawhttp import Interrupted, RawHttp
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import TOKEN, MiB, blob_bytes, inode_of, stack_of, video_path, videos
@@ -41,8 +41,10 @@ def test_a_body_comes_in_whole_blocks_and_its_connection_is_kept(server: FakeSer
             head, body = raw.open(url, {"Range": f"bytes={start}-{start + 2 * MiB - 1}"})
             assert head.status_code == 206 and body.left == 2 * MiB
             first, second = body.read(MiB), body.read(MiB)
-            assert first + second == expected[start : start + 2 * MiB]
-            assert isinstance(first, bytes) and len(first) == MiB
+            assert bytes(first) + bytes(second) == expected[start : start + 2 * MiB]
+            # Received into its disk slot's frame, handed on read-only.
+            assert isinstance(first, memoryview) and first.readonly and len(first) == MiB
+            assert isinstance(first.obj, block_file.Frame)
             assert body.left == 0
             assert sum(len(kept) for kept in raw._idle.values()) == 1
         assert server.stats.snapshot()["blob_requests"] == 2
@@ -164,6 +166,8 @@ def test_body_bytes_that_came_with_the_head_still_make_whole_blocks() -> None:
             blocks = [reply.read(MiB) for _ in range(3)]
             assert [len(block) for block in blocks] == [MiB] * 3
             assert b"".join(blocks) == body
+            # The first block, begun with the head's bytes, is a frame's payload too.
+            assert all(isinstance(memoryview(b).obj, block_file.Frame) for b in blocks)
         finally:
             raw.close()
 

@@ -223,3 +223,65 @@ def test_a_run_finds_blocks_of_a_file_made_anew_while_it_read(tmp_path: Path) ->
         if reader is not None:
             reader.close()
     assert cache.has(version, 1) and cache.has(version, 2) and cache.misses == 0
+
+
+def _frame_payload(data: bytes, garbage: int = 0xFF) -> memoryview:
+    """A frame's payload filled with *data*, its header page and padding left as
+    *garbage* (a frame's memory is not zeroed: what the write must not leak)."""
+    view = block_file.new_payload(len(data))
+    frame = view.obj
+    assert isinstance(frame, block_file.Frame)
+    memoryview(frame)[:] = bytes([garbage]) * len(frame)
+    view[:] = data
+    return view.toreadonly()
+
+
+@pytest.mark.parametrize("length", [MiB, 5000, 1])
+def test_a_frame_is_written_as_its_slot_and_read_back_as_one(tmp_path: Path, length: int) -> None:
+    data = os.urandom(length)
+    payload = _frame_payload(data)
+    path = str(tmp_path / "version")
+    assert block_file.write(path, 2, payload) == block_file.size_on_disk(length)
+    # Byte for byte the slot `encode` lays out: header, payload, zeros (no garbage).
+    with open(path, "rb") as f:
+        f.seek(2 * block_file.SLOT)
+        assert f.read(block_file.size_on_disk(length)) == block_file.encode(data)
+    assert block_file.slots(path).keys() == {2}
+    # Read back, either way, into a frame: a read-only view of its payload, checked.
+    for got in (block_file.read(path, 2), block_file.RunReader(path).read(2)):
+        assert isinstance(got, memoryview) and got.readonly and got == data
+        assert isinstance(got.obj, block_file.Frame)
+        # Written again (a block read from disk into another cache), it is its own slot.
+        block_file.write(str(tmp_path / "copy"), 0, got)
+        assert block_file.read(str(tmp_path / "copy"), 0) == data
+    with pytest.raises(block_file.Missing):
+        block_file.read(path, 1)  # a hole before it
+
+
+def test_a_piece_of_a_frame_is_written_as_a_block_of_its_own(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    piece = _frame_payload(data)[100:4200]  # not the frame's payload: laid out anew
+    path = str(tmp_path / "version")
+    block_file.write(path, 0, piece)
+    assert block_file.read(path, 0) == data[100:4200]
+
+
+def test_a_frame_read_from_a_corrupt_slot_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "version")
+    block_file.write(path, 0, _frame_payload(b"x" * 9000))
+    with open(path, "r+b") as f:
+        f.seek(block_file.PAGE + 8999)
+        f.write(b"y")
+    assert block_file.read(path, 0) is None
+    assert block_file.RunReader(path).read(0) is None
+
+
+def test_the_checksum_without_its_library_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where google-crc32c's compiled library is not found, frames are checked through
+    the package's own function (a copy): the same CRC."""
+    view = block_file.new_payload(3000)
+    view[:] = os.urandom(3000)
+    assert block_file._crc_view is not None  # this machine has it: both ways are tested
+    fast = block_file._crc(view)
+    monkeypatch.setattr(block_file, "_crc_view", None)
+    assert block_file._crc(view) == fast

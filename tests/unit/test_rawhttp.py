@@ -86,7 +86,7 @@ def test_a_tls_body_is_read_whole_and_its_connection_kept(
         for first in (0, MiB + 7):
             head, body = raw.open(url, {"Range": f"bytes={first}-{first + 2 * MiB - 1}"})
             assert head.status_code == 206 and head.headers["etag"] == '"tls"'
-            got = body.read(MiB) + body.read(MiB)
+            got = bytes(body.read(MiB)) + bytes(body.read(MiB))
             assert got == BODY[first : first + 2 * MiB]
             assert sum(len(kept) for kept in raw._idle.values()) == 1  # kept for the next
     finally:
