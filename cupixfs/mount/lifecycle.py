@@ -29,6 +29,7 @@ import trio
 from cupixfs.api.regions import token_page
 from cupixfs.config.settings import MountConfig, default_state_dir
 from cupixfs.core.errors import AuthError, CupixError, unwrap
+from cupixfs.core.memory import keep_block_memory
 from cupixfs.core.redact import redact_url
 from cupixfs.fs.fuse_ops import CupixOperations
 from cupixfs.mount import systemd
@@ -262,6 +263,7 @@ def _run_here(config: MountConfig, notify: Notify) -> int:
             notified = True
             notify(error)
 
+    keep_block_memory()
     try:
         trio.run(serve, config, once)
     except BaseException as raw:
