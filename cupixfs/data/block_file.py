@@ -256,6 +256,8 @@ def _open(path: str, flags: int) -> tuple[int, bool]:
 def write(path: str, index: int, payload: bytes | memoryview) -> int:
     """Write block *index* into its slot of the file at *path* (created if need be);
     return the slot's size on disk. Raises `OSError` (the caller cleans up)."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"a block holds at most {MAX_PAYLOAD} bytes, not {len(payload)}")
     view = _framed(payload)
     if view is None:  # a block that came some other way: laid out in this thread's buffer
         view = memoryview(_buffer())[: encode_into(_buffer(), payload)]
@@ -278,8 +280,8 @@ def write(path: str, index: int, payload: bytes | memoryview) -> int:
     return size
 
 
-def read(path: str, index: int) -> memoryview | None:
-    """The payload of block *index* of the file at *path* (a frame's, read-only), or None
+def read(path: str, index: int) -> Block | None:
+    """The payload of block *index* of the file at *path* (see `_payload`), or None
     if it is corrupt or truncated.
 
     Raises `Missing` if the slot holds no block, `OSError` when the file cannot be
@@ -303,10 +305,10 @@ def read(path: str, index: int) -> memoryview | None:
     return _payload(frame, got)
 
 
-def _payload(frame: Frame, got: int) -> memoryview | None:
+def _payload(frame: Frame, got: int) -> Block | None:
     """The payload of a slot read from its start into *frame*'s slot (*got* bytes; 0:
-    none there), checked, as a read-only view of the frame; None if it is not whole and
-    true."""
+    none there), checked: a read-only view of the frame's payload (``bytes`` for a short
+    block); None if it is not whole and true."""
     view = _slot(frame)[:got]
     if got < PAGE:
         decode(view, exact=False)  # raises Missing for zeros
@@ -318,6 +320,10 @@ def _payload(frame: Frame, got: int) -> memoryview | None:
     payload = view[PAGE : PAGE + length]
     if _crc(payload) != crc:
         return None
+    if length < MAX_PAYLOAD // 2:
+        # A short block (a file's last) copied out: its frame has room for a whole one,
+        # and the memory cache counts a block by its length.
+        return bytes(payload)
     frame.length = length  # its slot is this block's: written again, it needs no copy
     return payload.toreadonly()
 
@@ -345,7 +351,7 @@ class RunReader:
         self._first: int | None = None  # the offset of the run's first slot
         self._undropped = 0  # slots read since the last drop
 
-    def read(self, index: int) -> memoryview | None:
+    def read(self, index: int) -> Block | None:
         """As `read`: the payload, None if corrupt, `Missing` for a hole or past the end."""
         frame = _new_frame(MAX_PAYLOAD)
         offset = index * SLOT
