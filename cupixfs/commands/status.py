@@ -79,6 +79,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("cache_size", "disk cache bound", "size"),
     ("disk_cache_blocks", "disk cache blocks", "count"),
     ("corrupt_blocks", "corrupt blocks", "count"),
+    ("uncached_blocks", "blocks not cached (errors)", "count"),
     ("retries", "retries", "count"),
     ("errors", "errors", "count"),
 ]

@@ -489,6 +489,11 @@ class DataStore:
             self._bodies_at_open -= 1
         return body
 
+    @property
+    def uncached_blocks(self) -> int:
+        """Blocks whose push or disk write failed with an unexpected error (see `Sink`)."""
+        return self._sink.failed
+
     def release(self, handle: OpenFile) -> None:
         """The file was closed: stop its stream (claimed blocks go to other readers)."""
         if (body := self._take_body(handle)) is not None:

@@ -102,6 +102,8 @@ class Sink:
         self._blocks = blocks
         self._queue: queue.Queue[_Item | None] = queue.Queue(self.DEPTH)
         self._done = trio.Event()
+        #: Blocks a push or a write failed for with an unexpected error (a bug).
+        self.failed = 0
 
     def put_blocking(self, item: _Item) -> None:
         self._queue.put(item)
@@ -133,10 +135,24 @@ class Sink:
     def _work(self) -> None:
         disk, bs = self._blocks.disk, self._blocks.block_size
         while (item := self._queue.get()) is not None:
-            if item.push is not None:
-                item.push(item.index * bs, item.data)
-            if item.write and disk is not None and disk.enabled:
-                disk.put_sync(item.version, item.index, item.data)
+            try:
+                if item.push is not None:
+                    item.push(item.index * bs, item.data)
+                if item.write and disk is not None and disk.enabled:
+                    disk.put_sync(item.version, item.index, item.data)
+            except Exception:
+                # Both are for later reads only (the reader has the block from memory):
+                # an error no one foresaw costs a refetch, never the mount. Said once
+                # with its traceback, then counted.
+                self.failed += 1
+                level = logging.ERROR if self.failed == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "block %d of %s: push or disk-cache write failed; not cached",
+                    item.index,
+                    item.version.split("#", 1)[0],
+                    exc_info=True,
+                )
 
 
 class SequentialStream:

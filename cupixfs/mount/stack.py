@@ -185,6 +185,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
                 "disk_cache_bytes": disk.used_bytes,
                 "disk_cache_blocks": len(disk),
                 "corrupt_blocks": disk.corrupt,
+                "uncached_blocks": data.uncached_blocks,
             }
         )
         background.start_soon(metrics.save_periodically)

@@ -435,3 +435,42 @@ def test_a_warm_sequential_read_opens_its_cache_file_once_and_closes_it(
             opened.clear()
 
     trio.run(main)
+
+
+def test_a_push_or_disk_write_that_fails_unforeseen_costs_the_cache_not_the_read(
+    server: FakeServer,
+    capture_id: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sink's pushes and disk writes are for later reads only: an error there that no
+    one foresaw (a bug) is logged once with its traceback, and the read goes on."""
+    video = videos(server)[1]
+    expected = blob_bytes(server, video)
+
+    def broken(*_args: Any) -> int:
+        raise RuntimeError("a bug in the disk cache")
+
+    def broken_push(_offset: int, _data: Any) -> None:
+        raise RuntimeError("a bug in a push")
+
+    monkeypatch.setattr(block_file, "write", broken)
+    got = bytearray()
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            for _read in range(2):  # the store still serves after the failures
+                got.clear()
+                handle = await _open(stack, capture_id, video, broken_push)
+                with trio.fail_after(20):
+                    while chunk := await stack.data.read(handle, len(got), MiB):
+                        got.extend(chunk)
+                stack.data.release(handle)
+                assert bytes(got) == expected
+            assert stack.data.uncached_blocks >= len(expected) // MiB
+
+    trio.run(main)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not cached" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
