@@ -28,6 +28,9 @@ from cupixfs.views.ply import PlyLayout
 HEADER_SIZE = 227
 POINT_SIZE = 26
 SCALE = 0.001
+#: Vertices converted at a time (see `points_and_bounds`): 64 Ki vertices' float64 scratch
+#: arrays are 512 KiB, within a core's cache.
+CONVERT_RUN = 1 << 16
 #: Offsets are rounded to this many metres.
 OFFSET_STEP = 1000.0
 #: Return 1 of 1: bits 0-2 return number, bits 3-5 number of returns.
@@ -164,19 +167,23 @@ def points_and_bounds(
     the way (cheaper than a separate `bounds`: those arrays are contiguous)."""
     vertices = _vertices(data, layout)
     out = np.zeros(len(vertices), POINT_DTYPE)
-    lows, highs = [], []
-    for axis, field, offset in zip("xyz", "XYZ", offsets, strict=True):
-        stored, low, high = _stored(vertices[axis], offset)
-        lows.append(low)
-        highs.append(high)
-        np.copyto(out[field], stored, casting="unsafe")  # integral already
-    out["flags"] = _RETURN_ONE_OF_ONE
-    if layout.has_colour:
-        for colour in ("red", "green", "blue"):
-            out[colour] = vertices[colour].astype(np.uint16) * 257
     box: Bounds | None = None
-    if len(vertices):
-        box = (lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2])
+    # A run of vertices at a time: each of the passes below (scale, round, extremes,
+    # store) then works on arrays that stay in the CPU's cache, where passes over a
+    # whole 16 MiB piece went to memory each time (25 -> 16 ms per 16 MiB of PLY).
+    for start in range(0, len(vertices), CONVERT_RUN):
+        run, records = vertices[start : start + CONVERT_RUN], out[start : start + CONVERT_RUN]
+        lows, highs = [], []
+        for axis, field, offset in zip("xyz", "XYZ", offsets, strict=True):
+            stored, low, high = _stored(run[axis], offset)
+            lows.append(low)
+            highs.append(high)
+            np.copyto(records[field], stored, casting="unsafe")  # integral already
+        if layout.has_colour:
+            for colour in ("red", "green", "blue"):
+                np.multiply(run[colour], 257, out=records[colour], dtype=np.uint16)
+        box = merge(box, ((lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2])))
+    out["flags"] = _RETURN_ONE_OF_ONE
     return out.view(np.uint8).data, box
 
 

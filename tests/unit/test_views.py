@@ -193,6 +193,40 @@ def test_las_records_and_header_read_back_by_laspy() -> None:
     assert las.points_and_bounds(b"", layout, offsets)[1] is None
 
 
+def test_las_points_converted_run_by_run_are_those_converted_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Vertices go through a run at a time (for the CPU's cache): the records and the
+    bounds are the same whatever the run, extremes, NaN and clamped values in any run."""
+    header = _ply(
+        "format binary_little_endian 1.0",
+        "element vertex 1000",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+    )
+    layout = parse_header(header)
+    rng = np.random.default_rng(7)
+    vertices = np.zeros(1000, layout.dtype)
+    for axis in "xyz":
+        vertices[axis] = rng.uniform(-500.0, 500.0, 1000)
+    vertices["x"][10], vertices["y"][500], vertices["z"][999] = np.nan, 3e9, -3e9
+    vertices["x"][777], vertices["y"][3] = 9_000.0, -9_000.0  # extremes in other runs
+    for colour in ("red", "green", "blue"):
+        vertices[colour] = rng.integers(0, 256, 1000)
+    data = vertices.tobytes()
+    offsets = las.offsets_for(data[: layout.stride], layout)
+    whole = las.points_and_bounds(data, layout, offsets)
+    assert whole[1] == las.bounds(data, layout, offsets)
+    for run in (1, 7, 256):
+        monkeypatch.setattr(las, "CONVERT_RUN", run)
+        records, box = las.points_and_bounds(data, layout, offsets)
+        assert bytes(records) == bytes(whole[0]) and box == whole[1], run
+
+
 # -- inflating a member: checkpoints ---------------------------------------------------------
 
 
