@@ -105,7 +105,9 @@ def _crc32c_without_gil() -> Callable[[memoryview], int] | None:
             return int(google_crc32c.value(b""))
         return int(function(ctypes.addressof(ctypes.c_char.from_buffer(view)), len(view)))
 
-    return value
+    # The standard check value: a library of that name that computes something else is
+    # not used.
+    return value if value(memoryview(bytearray(b"123456789"))) == 0xE3069283 else None
 
 
 _crc_view = _crc32c_without_gil()
