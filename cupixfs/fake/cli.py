@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default="fake-token")
     serve.add_argument("--per-page", type=int, default=30)
     serve.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    serve.add_argument(
+        "--tls",
+        nargs=2,
+        metavar=("CERT", "KEY"),
+        help="serve HTTPS with this certificate and key (PEM files); clients trust the"
+        " certificate through SSL_CERT_FILE",
+    )
     return parser
 
 
@@ -75,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             verbose=args.verbose,
+            tls=tuple(args.tls) if args.tls else None,
         ).start()
         serving = True
         try:

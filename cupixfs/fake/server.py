@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -111,6 +112,10 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection)
+        if isinstance(self.connection, ssl.SSLSocket):
+            # In this connection's own thread, not the accepting one: a client that
+            # never finishes its handshake holds up only itself (`timeout` applies).
+            self.connection.do_handshake()
 
     def finish(self) -> None:
         try:
@@ -388,6 +393,7 @@ class FakeServer:
         faults: Faults | None = None,
         signing_key: bytes | None = None,
         verbose: bool = False,
+        tls: tuple[str | Path, str | Path] | None = None,
     ) -> None:
         self.dataset = Dataset(data_dir)
         self.token = token
@@ -402,6 +408,14 @@ class FakeServer:
         self.api = CupixApi(self.dataset, lambda: self._tokens, self.sign_url, per_page)
         self.admin = Admin(self)
         self._httpd = _HTTPServer((host, port), self)
+        self.scheme = "http"
+        if tls is not None:  # (certificate, key) files: the API and the storage on HTTPS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -446,7 +460,7 @@ class FakeServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:
