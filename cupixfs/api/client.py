@@ -39,7 +39,7 @@ from cupixfs.core.errors import (
     Unavailable,
     unwrap,
 )
-from cupixfs.core.retry import Retryable, RetryPolicy, retrying
+from cupixfs.core.retry import Retryable, RetryPolicy, retrying, untrusted_certificate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,7 +165,7 @@ class CupixClient:
                         follow_redirects=False,
                     )
             except httpx.TransportError as exc:
-                raise Retryable(type(exc).__name__) from None
+                raise untrusted_certificate(exc, what) or Retryable(type(exc).__name__) from None
             classify_status(response, what)
             return response
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -23,6 +24,27 @@ T = TypeVar("T")
 
 #: The least time worth starting one more attempt with.
 LAST_ATTEMPT = 0.1
+
+
+def untrusted_certificate(exc: BaseException, what: str) -> Unavailable | None:
+    """`Unavailable` if *exc* (a failed connection, through its causes) is a TLS
+    certificate that does not verify; None for anything else.
+
+    Retrying cannot change a certificate: a mount that does not trust its server would
+    otherwise retry until its deadline (30 s) and then say only "ConnectError".
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = cause.verify_message or cause.reason or str(cause)
+            return Unavailable(
+                f"{what}: the server's TLS certificate is not trusted ({detail}); a private"
+                " CA's certificate can be given in SSL_CERT_FILE"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class Retryable(Exception):

@@ -24,7 +24,7 @@ import trio
 
 from cupixfs.api.client import retry_after
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
-from cupixfs.core.retry import Retryable, RetryPolicy, retrying
+from cupixfs.core.retry import Retryable, RetryPolicy, retrying, untrusted_certificate
 from cupixfs.data import rawhttp
 from cupixfs.data.block_file import Block
 from cupixfs.data.rawhttp import RawBody, RawHttp
@@ -173,7 +173,8 @@ class RangeFetcher:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise Retryable(type(exc).__name__) from None
+            what = f"read {remote.key}"
+            raise untrusted_certificate(exc, what) or Retryable(type(exc).__name__) from None
         self.stats.requests += 1
         if response.status_code not in (200, 206, 416):
             await response.aclose()
@@ -393,7 +394,10 @@ class BodyStream:
                 try:
                     return sync_http.send(request, stream=True)
                 except httpx.TransportError as exc:
-                    raise Retryable(type(exc).__name__) from None
+                    what = f"read {self._remote.key}"
+                    raise (
+                        untrusted_certificate(exc, what) or Retryable(type(exc).__name__)
+                    ) from None
 
             response = await trio.to_thread.run_sync(send)
             fetcher.stats.requests += 1
@@ -420,7 +424,10 @@ class BodyStream:
             try:
                 return raw.open(url, _range_headers(first, last))
             except (rawhttp.Interrupted, OSError) as exc:  # ssl.SSLError is an OSError
-                raise Retryable(f"{type(exc).__name__}: {exc}") from None
+                what = f"read {self._remote.key}"
+                raise (
+                    untrusted_certificate(exc, what) or Retryable(f"{type(exc).__name__}: {exc}")
+                ) from None
 
         response, body = await trio.to_thread.run_sync(send)
         fetcher.stats.requests += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cupixfs.core.retry import untrusted_certificate
 from cupixfs.data.rawhttp import Interrupted, RawHttp
 
 MiB = 1 << 20
@@ -101,10 +102,19 @@ def test_an_untrusted_certificate_is_refused(
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     raw = RawHttp(httpx.Timeout(10.0), {})
     try:
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(ssl.SSLCertVerificationError) as refused:
             raw.open(url, {"Range": "bytes=0-99"})
     finally:
         raw.close()
+    # A read gives up at once on it, saying why (retrying cannot change a certificate),
+    # where other connection faults are retried.
+    error = untrusted_certificate(refused.value, "read videos/1")
+    assert error is not None and "not trusted" in str(error) and "SSL_CERT_FILE" in str(error)
+    assert untrusted_certificate(ConnectionResetError(), "read videos/1") is None
+    try:
+        raise httpx.ConnectError("handshake") from refused.value  # as httpx chains it
+    except httpx.ConnectError as wrapped:
+        assert untrusted_certificate(wrapped, "GET me") is not None
 
 
 def test_a_kept_connection_the_server_closed_is_not_used(
