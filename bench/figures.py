@@ -40,11 +40,13 @@ from harness import (
     dd_read,
     drop_caches,
     drop_dentries,
+    environment,
     fake_server,
     fresh_dir,
     generate_data,
     rclone_mount,
     read_timeout,
+    self_signed,
     timed,
     vm_hwm,
     vm_rss,
@@ -580,6 +582,50 @@ def shaped(ctx: Context) -> Row:
     row.passed = None if row.ratio is None else row.ratio >= 0.95
     row.notes.append("400 Mbit/s tbf on the server's egress, +20 ms per response")
     _add_cpu_note(row, ctx, "shaped_cpu_s_per_gib", "shaped")
+    return row
+
+
+def cold_tls(ctx: Context) -> Row:
+    """The cold 512 MiB read with the API and storage over HTTPS (the fake's ``--tls``),
+    against curl of the same signed URL over the same TLS. The fake server encrypts in
+    Python (no ``sendfile`` under TLS), so both are slower than over plain HTTP: the row
+    shows what the mount's TLS path costs beside curl's, and its CPU per GiB."""
+    blob = ctx.data.video_512
+    row = Row("cold_tls", "MB/s", baseline_label="curl", target="≥ 0.3 (as cold_seq)")
+    base = ctx.work / "cold_tls"
+    base.mkdir(parents=True, exist_ok=True)
+    curl_s: list[float] = []
+    mine_s: list[float] = []
+    cpu: list[float] = []
+    try:
+        cert, key = self_signed(base)
+        with (
+            environment(SSL_CERT_FILE=str(cert), CURL_CA_BUNDLE=str(cert)),
+            fake_server(
+                ctx.janitor, ctx.server.data_dir, base / "server.log", tls=(cert, key)
+            ) as server,
+        ):
+            url = server.signed_url(blob.api_path)
+            for _ in range(ctx.repeat):
+                cold(ctx.files(blob))
+                curl_s.append(curl_read(url, blob.size).mb_s)
+                with ctx.cupixfs("cold_tls", server=server) as mount:
+                    cold(ctx.files(blob))
+                    speed, cpu_per_gib = _read_with_cpu(mount, blob)
+                    mine_s.append(speed)
+                    cpu.append(cpu_per_gib)
+            ctx.say(f"over TLS: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
+            ctx.samples["cold_tls_curl_mb_s"] = curl_s
+            ctx.samples["cold_tls_cupixfs_mb_s"] = mine_s
+            ctx.samples["cold_tls_cpu_s_per_gib"] = cpu
+    finally:
+        _cleanup(base)
+    row.baseline = ctx.median(curl_s)
+    row.value = ctx.median(mine_s)
+    row.ratio = _ratio(row.value, row.baseline)
+    row.passed = None if row.ratio is None else row.ratio >= 0.3
+    row.notes.append("API and storage over HTTPS; the fake server encrypts in Python")
+    _add_cpu_note(row, ctx, "cold_tls_cpu_s_per_gib", "TLS")
     return row
 
 
@@ -1207,6 +1253,7 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "rclone_full_warm": rclone_full_warm_row,
     "warm_remount": warm_remount,
     "shaped": shaped,
+    "cold_tls": cold_tls,
     "long_rtt": long_rtt,
     "unzip_l": unzip_l,
     "zip_member": zip_member,

@@ -15,6 +15,7 @@ import re
 import select
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -236,6 +237,39 @@ def dd_read(path: Path, expected: int) -> Transfer:
     return Transfer(nbytes, seconds)
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the ``openssl`` command."""
+    if shutil.which("openssl") is None:
+        raise BenchError("needs the openssl command")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    done = run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        60,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"openssl could not make a certificate: {done.stderr.strip()}")
+    return cert, key
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """*values* in this process's environment (so in every process it starts) meanwhile."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
 def curl_read(url: str, expected: int) -> Transfer:
     """``curl -o /dev/null`` of one URL; its own ``speed_download`` gives the rate."""
     done = run(
@@ -409,8 +443,10 @@ def fake_server(
     netns: str | None = None,
     profile: str = "bench",
     per_page: int = 30,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Server]:
-    """Serve (already generated) data of *profile*; inside ``netns`` when given."""
+    """Serve (already generated) data of *profile*; inside ``netns`` when given; over
+    HTTPS with *tls* (certificate and key files)."""
     args = [
         sys.executable,
         "-m",
@@ -427,10 +463,13 @@ def fake_server(
         "--per-page",
         str(per_page),
     ]
+    if tls is not None:
+        args += ["--tls", str(tls[0]), str(tls[1])]
     if netns is not None:
         args = ["ip", "netns", "exec", netns, *args]
     proc = janitor.spawn(args, log, stdout=subprocess.PIPE)
-    http = httpx.Client(timeout=30)
+    trust = ssl.create_default_context(cafile=str(tls[0])) if tls is not None else True
+    http = httpx.Client(timeout=30, verify=trust)
     try:
         info = _read_info(proc, log, timeout=120)
         server = Server(
