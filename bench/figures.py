@@ -546,13 +546,9 @@ def warm_remount(ctx: Context) -> Row:
 
 def shaped(ctx: Context) -> Row:
     """400 Mbit/s and 20 ms per response, server in a network namespace."""
-    blob = ctx.data.video_512
     row = Row("shaped", "MB/s", baseline_label="curl", target="≥ 0.95")
     base = ctx.work / "shaped"
     base.mkdir(parents=True, exist_ok=True)
-    curl_s: list[float] = []
-    mine_s: list[float] = []
-    cpu: list[float] = []
     try:
         with (
             netns.shaped_link(ctx.janitor) as ns,
@@ -561,27 +557,11 @@ def shaped(ctx: Context) -> Row:
             ) as server,
         ):
             server.set_faults(latency_s=LATENCY_S)
-            url = server.signed_url(blob.api_path)
-            for _ in range(ctx.repeat):
-                cold(ctx.files(blob))
-                curl_s.append(curl_read(url, blob.size).mb_s)
-                with ctx.cupixfs("shaped", server=server) as mount:
-                    cold(ctx.files(blob))
-                    speed, cpu_per_gib = _read_with_cpu(mount, blob)
-                    mine_s.append(speed)
-                    cpu.append(cpu_per_gib)
-            ctx.say(f"shaped link: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
-            ctx.samples["shaped_curl_mb_s"] = curl_s
-            ctx.samples["shaped_cupixfs_mb_s"] = mine_s
-            ctx.samples["shaped_cpu_s_per_gib"] = cpu
+            _cold_against_curl(ctx, row, server, "shaped link", "shaped")
     finally:
         _cleanup(base)
-    row.baseline = ctx.median(curl_s)
-    row.value = ctx.median(mine_s)
-    row.ratio = _ratio(row.value, row.baseline)
     row.passed = None if row.ratio is None else row.ratio >= 0.95
     row.notes.append("400 Mbit/s tbf on the server's egress, +20 ms per response")
-    _add_cpu_note(row, ctx, "shaped_cpu_s_per_gib", "shaped")
     return row
 
 
@@ -590,13 +570,9 @@ def cold_tls(ctx: Context) -> Row:
     against curl of the same signed URL over the same TLS. The fake server encrypts in
     Python (no ``sendfile`` under TLS), so both are slower than over plain HTTP: the row
     shows what the mount's TLS path costs beside curl's, and its CPU per GiB."""
-    blob = ctx.data.video_512
     row = Row("cold_tls", "MB/s", baseline_label="curl", target="≥ 0.3 (as cold_seq)")
     base = ctx.work / "cold_tls"
     base.mkdir(parents=True, exist_ok=True)
-    curl_s: list[float] = []
-    mine_s: list[float] = []
-    cpu: list[float] = []
     try:
         cert, key = self_signed(base)
         with (
@@ -605,28 +581,39 @@ def cold_tls(ctx: Context) -> Row:
                 ctx.janitor, ctx.server.data_dir, base / "server.log", tls=(cert, key)
             ) as server,
         ):
-            url = server.signed_url(blob.api_path)
-            for _ in range(ctx.repeat):
-                cold(ctx.files(blob))
-                curl_s.append(curl_read(url, blob.size).mb_s)
-                with ctx.cupixfs("cold_tls", server=server) as mount:
-                    cold(ctx.files(blob))
-                    speed, cpu_per_gib = _read_with_cpu(mount, blob)
-                    mine_s.append(speed)
-                    cpu.append(cpu_per_gib)
-            ctx.say(f"over TLS: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
-            ctx.samples["cold_tls_curl_mb_s"] = curl_s
-            ctx.samples["cold_tls_cupixfs_mb_s"] = mine_s
-            ctx.samples["cold_tls_cpu_s_per_gib"] = cpu
+            _cold_against_curl(ctx, row, server, "over TLS", "TLS")
     finally:
         _cleanup(base)
+    row.passed = None if row.ratio is None else row.ratio >= 0.3
+    row.notes.append("API and storage over HTTPS; the fake server encrypts in Python")
+    return row
+
+
+def _cold_against_curl(ctx: Context, row: Row, server: Server, what: str, label: str) -> None:
+    """Cold reads of the 512 MiB video from a server of the row's own, curl then a fresh
+    mount, ``ctx.repeat`` times: medians, ratio and CPU note (*label*) into *row*."""
+    blob = ctx.data.video_512
+    name = row.figure
+    curl_s: list[float] = []
+    mine_s: list[float] = []
+    cpu: list[float] = []
+    url = server.signed_url(blob.api_path)
+    for _ in range(ctx.repeat):
+        cold(ctx.files(blob))
+        curl_s.append(curl_read(url, blob.size).mb_s)
+        with ctx.cupixfs(name, server=server) as mount:
+            cold(ctx.files(blob))
+            speed, cpu_per_gib = _read_with_cpu(mount, blob)
+            mine_s.append(speed)
+            cpu.append(cpu_per_gib)
+    ctx.say(f"{what}: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
+    ctx.samples[f"{name}_curl_mb_s"] = curl_s
+    ctx.samples[f"{name}_cupixfs_mb_s"] = mine_s
+    ctx.samples[f"{name}_cpu_s_per_gib"] = cpu
     row.baseline = ctx.median(curl_s)
     row.value = ctx.median(mine_s)
     row.ratio = _ratio(row.value, row.baseline)
-    row.passed = None if row.ratio is None else row.ratio >= 0.3
-    row.notes.append("API and storage over HTTPS; the fake server encrypts in Python")
-    _add_cpu_note(row, ctx, "cold_tls_cpu_s_per_gib", "TLS")
-    return row
+    _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", label)
 
 
 #: One TCP flow on a link with a long round trip: its window per round trip (4 MiB over

@@ -100,6 +100,20 @@ def mount_env(token: str = TOKEN) -> dict[str, str]:
     return env
 
 
+def run_cupixfs(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``cupixfs ARGS`` to its end, its output captured (*env*: `mount_env` by default)."""
+    return subprocess.run(
+        cupixfs_cmd(*args),
+        env=mount_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def mounter(fake: FakeServer, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """A factory: ``with mounter(*extra_args) as m:`` mounts, and always unmounts after."""

@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from cupixfs.fake.server import FakeServer
-from tests.conftest import TOKEN, cupixfs_cmd, force_unmount, mount_env, wait_for_mount
+from tests.conftest import (
+    TOKEN,
+    cupixfs_cmd,
+    force_unmount,
+    mount_env,
+    run_cupixfs,
+    wait_for_mount,
+)
 
 
 def _run(*args: str, token: str = TOKEN, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cupixfs_cmd(*args),
-        env=mount_env(token),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cupixfs(*args, env=mount_env(token), timeout=timeout)
 
 
 def test_wrong_token_fails_before_mounting(fake: FakeServer, tmp_path: Path) -> None:
@@ -35,14 +35,7 @@ def test_wrong_token_fails_before_mounting(fake: FakeServer, tmp_path: Path) -> 
 
 def test_missing_token_is_a_clear_error(fake: FakeServer, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CUPIX_API_TOKEN"}
-    result = subprocess.run(
-        cupixfs_cmd("mount", str(tmp_path), "--api-url", fake.api_url),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cupixfs("mount", str(tmp_path), "--api-url", fake.api_url, env=env, timeout=30)
     assert result.returncode == 2
     assert "CUPIX_API_TOKEN" in result.stderr and "Traceback" not in result.stderr
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cupixfs.fake.server import FakeServer
-from tests.conftest import PER_PAGE, TOKEN, cupixfs_cmd, mount_env
+from tests.conftest import PER_PAGE, TOKEN, mount_env, run_cupixfs
 from tests.mounted.helpers import sha256_of, video_path
 
 
@@ -73,14 +73,8 @@ def test_a_mount_that_does_not_trust_the_certificate_fails_at_once_and_says_why(
     """Retrying cannot change a certificate: the mount fails at its first attempt, long
     before its retry deadline (the run would time out), and the error says what to do."""
     env = {k: v for k, v in mount_env().items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-    result = subprocess.run(
-        cupixfs_cmd("mount", str(tmp_path), "--api-url", tls_server.api_url, "--timeout", "90"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    mount = ("mount", str(tmp_path), "--api-url", tls_server.api_url, "--timeout", "90")
+    result = run_cupixfs(*mount, env=env, timeout=30)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "TLS certificate is not trusted" in lines[0], result.stderr
