@@ -231,6 +231,16 @@ def decode(data: memoryview | bytes, exact: bool = True) -> bytes | None:
     *data* is the slot exactly (*exact*), or read from its start on (more may follow:
     a read of a whole slot's length). Raises `Missing` for a slot of zeros (a hole).
     """
+    if (header := _header(data, exact)) is None:
+        return None
+    length, crc = header
+    payload = bytes(data[PAGE : PAGE + length])
+    return payload if google_crc32c.value(payload) == crc else None
+
+
+def _header(data: memoryview | bytes, exact: bool) -> tuple[int, int] | None:
+    """The payload length and CRC-32C a slot's bytes say they hold, if they are a whole
+    slot of this layout (see `decode`); None if not. Raises `Missing` for a hole."""
     if len(data) < PAGE:
         if not any(data):
             raise Missing
@@ -241,8 +251,7 @@ def decode(data: memoryview | bytes, exact: bool = True) -> bytes | None:
     size = size_on_disk(length)
     if magic != MAGIC or layout != LAYOUT or len(data) < size or (exact and len(data) != size):
         return None
-    payload = bytes(data[PAGE : PAGE + length])
-    return payload if google_crc32c.value(payload) == crc else None
+    return length, crc
 
 
 def _open(path: str, flags: int) -> tuple[int, bool]:
@@ -312,13 +321,9 @@ def _payload(frame: Frame, got: int) -> Block | None:
     none there), checked: a read-only view of the frame's payload (``bytes`` for a short
     block); None if it is not whole and true."""
     view = _slot(frame)[:got]
-    if got < PAGE:
-        decode(view, exact=False)  # raises Missing for zeros
+    if (header := _header(view, exact=False)) is None:
         return None
-    magic, layout, length, crc = HEADER.unpack_from(view, 0)
-    if magic != MAGIC or layout != LAYOUT or got < size_on_disk(length):
-        decode(view, exact=False)  # raises Missing for a hole
-        return None
+    length, crc = header
     payload = view[PAGE : PAGE + length]
     if _crc(payload) != crc:
         return None

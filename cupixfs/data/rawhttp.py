@@ -233,7 +233,7 @@ class RawBody:
         self._timeout = timeout
         self._lowat = 1
 
-    def read(self, want: int) -> bytes | memoryview:
+    def read(self, want: int) -> block_file.Block:
         """Up to *want* bytes of the body (all of them unless the connection fails; then
         what arrived, and `Interrupted` at the next call).
 
