@@ -39,7 +39,7 @@ from cupixfs.core.errors import (
     Unavailable,
     unwrap,
 )
-from cupixfs.core.retry import Retryable, RetryPolicy, retrying, untrusted_certificate
+from cupixfs.core.retry import Retryable, RetryPolicy, connection_failed, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,7 +165,7 @@ class CupixClient:
                         follow_redirects=False,
                     )
             except httpx.TransportError as exc:
-                raise untrusted_certificate(exc, what) or Retryable(type(exc).__name__) from None
+                raise connection_failed(exc, what) from None
             classify_status(response, what)
             return response
 

@@ -47,6 +47,12 @@ def untrusted_certificate(exc: BaseException, what: str) -> Unavailable | None:
     return None
 
 
+def connection_failed(exc: BaseException, what: str, detail: str | None = None) -> Exception:
+    """What a failed connection raises: `untrusted_certificate`'s error (no retry can
+    help), else `Retryable` (*detail*, or the exception's type, says what happened)."""
+    return untrusted_certificate(exc, what) or Retryable(detail or type(exc).__name__)
+
+
 class Retryable(Exception):
     """A transient failure: worth another attempt after *retry_after* seconds (if given)."""
 

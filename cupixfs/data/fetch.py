@@ -24,7 +24,7 @@ import trio
 
 from cupixfs.api.client import retry_after
 from cupixfs.core.errors import NotFound, ProtocolError, RemoteChanged, Unavailable
-from cupixfs.core.retry import Retryable, RetryPolicy, retrying, untrusted_certificate
+from cupixfs.core.retry import Retryable, RetryPolicy, connection_failed, retrying
 from cupixfs.data import rawhttp
 from cupixfs.data.block_file import Block
 from cupixfs.data.rawhttp import RawBody, RawHttp
@@ -173,8 +173,7 @@ class RangeFetcher:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            what = f"read {remote.key}"
-            raise untrusted_certificate(exc, what) or Retryable(type(exc).__name__) from None
+            raise connection_failed(exc, f"read {remote.key}") from None
         self.stats.requests += 1
         if response.status_code not in (200, 206, 416):
             await response.aclose()
@@ -394,10 +393,7 @@ class BodyStream:
                 try:
                     return sync_http.send(request, stream=True)
                 except httpx.TransportError as exc:
-                    what = f"read {self._remote.key}"
-                    raise (
-                        untrusted_certificate(exc, what) or Retryable(type(exc).__name__)
-                    ) from None
+                    raise connection_failed(exc, f"read {self._remote.key}") from None
 
             response = await trio.to_thread.run_sync(send)
             fetcher.stats.requests += 1
@@ -424,10 +420,8 @@ class BodyStream:
             try:
                 return raw.open(url, _range_headers(first, last))
             except (rawhttp.Interrupted, OSError) as exc:  # ssl.SSLError is an OSError
-                what = f"read {self._remote.key}"
-                raise (
-                    untrusted_certificate(exc, what) or Retryable(f"{type(exc).__name__}: {exc}")
-                ) from None
+                detail = f"{type(exc).__name__}: {exc}"
+                raise connection_failed(exc, f"read {self._remote.key}", detail) from None
 
         response, body = await trio.to_thread.run_sync(send)
         fetcher.stats.requests += 1
