@@ -24,7 +24,7 @@ from cupixfs.core.retry import Health, RetryPolicy
 from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import POOL_SIZE, STREAMS_AT_ONCE, RangeFetcher
-from cupixfs.data.http import storage_client, storage_sync_client
+from cupixfs.data.http import pooled_client, storage_client, storage_sync_client
 from cupixfs.data.rawhttp import RawHttp
 from cupixfs.data.signed_url import SignedUrls
 from cupixfs.data.stat_cache import StatCache
@@ -39,10 +39,6 @@ from cupixfs.views.notes import Notes
 log = logging.getLogger(__name__)
 
 PERSISTED_STAT_TTL = 24 * 3600.0
-#: The API pool keeps a connection for every request that may be in flight at once.
-API_LIMITS = httpx.Limits(
-    max_connections=MAX_API_REQUESTS, max_keepalive_connections=MAX_API_REQUESTS
-)
 #: At unmount, how long the blocks still on their way to the disk cache may take.
 DRAIN_TIMEOUT = 10.0
 
@@ -129,7 +125,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     blob_sync = storage_sync_client(timeout, headers, STREAMS_AT_ONCE + 4)
     raw_http = RawHttp(timeout, headers)
     async with (
-        httpx.AsyncClient(timeout=timeout, headers=headers, limits=API_LIMITS) as api_http,
+        pooled_client(timeout, headers, MAX_API_REQUESTS) as api_http,
         storage_client(timeout, headers, POOL_SIZE) as blob_http,
         _closing(blob_sync),
         _closing(raw_http),
