@@ -23,6 +23,11 @@ from cupixfs.data.fetch import RemoteStat
 
 log = logging.getLogger(__name__)
 
+#: The filter of saved entries has ``2**FILTER_BITS`` bits (256 KiB), one per value of
+#: the first bits of an entry's file name (a hash): with 100,000 entries saved, one key
+#: in twenty that has none still costs a look on disk.
+FILTER_BITS = 21
+
 
 class StatCache:
     """Persistent ``key -> (size, etag, hint, probed_at)`` entries, one small JSON file each."""
@@ -33,24 +38,58 @@ class StatCache:
         self.enabled = True
         #: Offline, an entry is trusted however old it is: there is nothing to ask.
         self.offline = False
+        #: A bit per entry file name's prefix, set for every entry on disk (and some
+        #: more): a key whose bit is clear has no entry, and costs no look on disk.
+        self._saved = bytearray(1 << FILTER_BITS >> 3)
 
     def open(self) -> None:
+        """Create the directory; note the entries a previous mount left (in a worker
+        thread, at mount start: one listing of the directory)."""
         self.enabled = layout.make_private_dir(self.root, "stat cache")
+        if not self.enabled:
+            return
+        try:
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    self._note(entry.name)
+        except OSError as exc:  # the filter then says "maybe" of everything
+            log.debug("stat cache: cannot list %s (%s)", self.root, exc.strerror)
+            self._saved[:] = b"\xff" * len(self._saved)
 
     def _path(self, key: str) -> Path:
         return self.root / layout.stat_file(key)
 
+    def _bit(self, name: str) -> tuple[int, int] | None:
+        """Where the filter keeps the file *name* (byte, mask); None for a name that is not
+        an entry's."""
+        try:
+            prefix = int(name[:6], 16) >> (24 - FILTER_BITS)
+        except ValueError:
+            return None
+        return prefix >> 3, 1 << (prefix & 7)
+
+    def _note(self, name: str) -> None:
+        bit = self._bit(name)
+        if bit is not None:
+            self._saved[bit[0]] |= bit[1]
+
+    def may_have(self, key: str) -> bool:
+        """False when *key* certainly has no entry on disk."""
+        bit = self._bit(layout.stat_file(key))
+        return bit is not None and bool(self._saved[bit[0]] & bit[1])
+
     # The files are small, but the event loop never waits on the disk: each call is
-    # one hop to a worker thread.
+    # one hop to a worker thread, except a load the filter answers.
 
     async def load(self, key: str, hint: str) -> RemoteStat | None:
         """The saved size and ETag of *key*, if saved for this *hint* and fresh enough."""
-        if not self.enabled:
+        if not self.enabled or not self.may_have(key):
             return None
         return await trio.to_thread.run_sync(self._load, key, hint)
 
     async def save(self, key: str, hint: str, stat: RemoteStat) -> None:
         if self.enabled:
+            self._note(layout.stat_file(key))  # here, on the loop: no two threads set bits
             await trio.to_thread.run_sync(self._save, key, hint, stat, time.time())
 
     async def drop(self, key: str) -> None:
