@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from cupixfs.core import cache_layout as layout
-
-log = logging.getLogger(__name__)
+from cupixfs.core.write_behind import WriteBehind
 
 _PAGING = {"page", "per_page"}
 
 
 class ResponseCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, writer: WriteBehind | None = None) -> None:
         self.root = root / layout.API
         self.enabled = True
+        #: Writes the bodies (behind the loop, once the mount runs it).
+        self.writer = writer or WriteBehind()
 
     def open(self) -> None:
         self.enabled = layout.make_private_dir(self.root, "API response cache")
@@ -40,12 +40,17 @@ class ResponseCache:
         """The saved body of this call, or None (read in a worker thread)."""
         if not self.enabled:
             return None
-        return await trio.to_thread.run_sync(self._load, self._path(path, params))
+        target = self._path(path, params)
+        queued = self.writer.pending(target)
+        if queued is not None:
+            return queued["body"]
+        return await trio.to_thread.run_sync(self._load, target)
 
     async def save(self, path: str, params: dict[str, Any], body: Any) -> None:
-        """Keep *body* for this call (encoded and written in a worker thread)."""
+        """Keep *body* for this call (encoded and written by the writer, in a worker
+        thread). The caller must not change *body* afterwards."""
         if self.enabled:
-            await trio.to_thread.run_sync(self._save, self._path(path, params), path, body)
+            await self.writer.save(self._path(path, params), {"path": path, "body": body})
 
     @staticmethod
     def _load(target: Path) -> Any | None:
@@ -53,10 +58,3 @@ class ResponseCache:
             return json.loads(target.read_text())["body"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-    @staticmethod
-    def _save(target: Path, path: str, body: Any) -> None:
-        try:
-            layout.write_private_json(target, {"path": path, "body": body})
-        except (OSError, TypeError, ValueError) as exc:
-            log.debug("cannot save an API response: %s", exc)

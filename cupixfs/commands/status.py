@@ -80,6 +80,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("disk_cache_blocks", "disk cache blocks", "count"),
     ("corrupt_blocks", "corrupt blocks", "count"),
     ("uncached_blocks", "blocks not cached (errors)", "count"),
+    ("unsaved_entries", "sizes, listings not saved", "count"),
     ("retries", "retries", "count"),
     ("errors", "errors", "count"),
 ]

@@ -15,10 +15,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from cupixfs.core import cache_layout as layout
+from cupixfs.core.write_behind import WriteBehind
 from cupixfs.data.fetch import RemoteStat
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ FILTER_BITS = 21
 class StatCache:
     """Persistent ``key -> (size, etag, hint, probed_at)`` entries, one small JSON file each."""
 
-    def __init__(self, root: Path, ttl: float) -> None:
+    def __init__(self, root: Path, ttl: float, writer: WriteBehind | None = None) -> None:
         self.root = root / layout.STATS
         self.ttl = ttl
         self.enabled = True
@@ -41,6 +43,8 @@ class StatCache:
         #: A bit per entry file name's prefix, set for every entry on disk (and some
         #: more): a key whose bit is clear has no entry, and costs no look on disk.
         self._saved = bytearray(1 << FILTER_BITS >> 3)
+        #: Writes the entries (behind the loop, once the mount runs it).
+        self.writer = writer or WriteBehind()
 
     def open(self) -> None:
         """Create the directory; note the entries a previous mount left (in a worker
@@ -78,26 +82,46 @@ class StatCache:
         bit = self._bit(layout.stat_file(key))
         return bit is not None and bool(self._saved[bit[0]] & bit[1])
 
-    # The files are small, but the event loop never waits on the disk: each call is
-    # one hop to a worker thread, except a load the filter answers.
+    # The files are small, but the event loop never waits on the disk: a load is one
+    # hop to a worker thread, unless the filter or the writer's queue answers it; a save
+    # is queued for the writer.
 
     async def load(self, key: str, hint: str) -> RemoteStat | None:
         """The saved size and ETag of *key*, if saved for this *hint* and fresh enough."""
         if not self.enabled or not self.may_have(key):
             return None
+        queued = self.writer.pending(self._path(key))
+        if queued is not None:
+            return self._entry(queued, key, hint)
         return await trio.to_thread.run_sync(self._load, key, hint)
 
     async def save(self, key: str, hint: str, stat: RemoteStat) -> None:
         if self.enabled:
             self._note(layout.stat_file(key))  # here, on the loop: no two threads set bits
-            await trio.to_thread.run_sync(self._save, key, hint, stat, time.time())
+            body = {
+                "key": key,
+                "hint": hint,
+                "size": stat.size,
+                "etag": stat.etag,
+                "probed_at": time.time(),
+            }
+            await self.writer.save(self._path(key), body)
 
     async def drop(self, key: str) -> None:
+        self.writer.discard(self._path(key))
         await trio.to_thread.run_sync(self._drop, key)
 
     def _load(self, key: str, hint: str) -> RemoteStat | None:
         try:
             entry = json.loads(self._path(key).read_text())
+        except (OSError, ValueError):
+            return None  # missing or corrupt: probe again
+        return self._entry(entry, key, hint)
+
+    def _entry(self, entry: Any, key: str, hint: str) -> RemoteStat | None:
+        """What *entry* (a saved file's body) says of *key*, if it is for this *hint*,
+        fresh enough and well formed."""
+        try:
             if (
                 entry.get("key") != key
                 or entry.get("hint") != hint
@@ -109,15 +133,8 @@ class StatCache:
             if not isinstance(size, int) or size < 0 or not (etag is None or isinstance(etag, str)):
                 return None
             return RemoteStat(size, etag, b"")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing or corrupt: probe again
-
-    def _save(self, key: str, hint: str, stat: RemoteStat, now: float) -> None:
-        body = {"key": key, "hint": hint, "size": stat.size, "etag": stat.etag, "probed_at": now}
-        try:
-            layout.write_private_json(self._path(key), body)
-        except OSError as exc:
-            log.debug("cannot save a stat entry: %s", exc.strerror)
+        except (AttributeError, ValueError, KeyError, TypeError):
+            return None
 
     def _drop(self, key: str) -> None:
         with contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ from cupixfs.api.response_cache import ResponseCache
 from cupixfs.config.settings import MountConfig
 from cupixfs.core import cache_format
 from cupixfs.core.retry import Health, RetryPolicy
+from cupixfs.core.write_behind import WriteBehind
 from cupixfs.data.blocks import BLOCK_SIZE, BlockCache
 from cupixfs.data.disk_cache import DiskCache, default_cache_size, prepare_cache_dir
 from cupixfs.data.fetch import POOL_SIZE, STREAMS_AT_ONCE, RangeFetcher
@@ -95,8 +96,12 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
     # On disk, a size is trusted for a day while the API's updated_at is unchanged,
     # so a remount serves cached files without a request to storage; in memory it
     # is re-checked every --listing-ttl, which catches changes updated_at misses.
-    stat_cache = StatCache(config.cache_dir, ttl=max(config.listing_ttl, PERSISTED_STAT_TTL))
-    responses = ResponseCache(config.cache_dir)
+    # Sizes and API responses are written to disk behind the loop, by one task.
+    writer = WriteBehind()
+    stat_cache = StatCache(
+        config.cache_dir, ttl=max(config.listing_ttl, PERSISTED_STAT_TTL), writer=writer
+    )
+    responses = ResponseCache(config.cache_dir, writer=writer)
 
     def prepare() -> str | None:
         # A cache written by another cupixfs version is set aside before anything reads it.
@@ -161,6 +166,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
             readahead=readahead_for(config.memory_cache),
         )
         data.start(background)
+        background.start_soon(writer.run)
         # mesh/ and pointcloud.las: inflated zip members may take a quarter of what
         # the block cache may, on top of it.
         views = DerivedViews(data, notes, inflated_bytes=config.memory_cache // 4)
@@ -182,6 +188,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
                 "disk_cache_blocks": len(disk),
                 "corrupt_blocks": disk.corrupt,
                 "uncached_blocks": data.uncached_blocks,
+                "unsaved_entries": writer.dropped + writer.failed,
             }
         )
         background.start_soon(metrics.save_periodically)
@@ -210,6 +217,7 @@ async def open_stack(config: MountConfig) -> AsyncIterator[Stack]:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT) as drain:
                 await data.aclose()
+                await writer.aclose()
             if drain.cancelled_caught:
                 log.warning("unmounting before the last blocks reached the disk cache")
             background.cancel_scope.cancel()
