@@ -119,11 +119,14 @@ class DataStore:
         self._static_ttl = static_ttl
         self._stats: dict[str, tuple[RemoteStat, float]] = {}
         #: Small documents (meta.json...): a few kept whole, every one's size remembered,
-        #: so a listing of thousands of them holds their sizes, not their bytes.
+        #: so a listing of thousands of them holds their sizes, not their bytes. The sizes
+        #: are forgotten all at once, at most *static_ttl* after they were learnt: a
+        #: deadline each would cost more memory than the size itself.
         self._static: cachetools.TTLCache[str, bytes] = cachetools.TTLCache(
             maxsize=STATIC_KEPT, ttl=static_ttl, timer=trio.current_time
         )
-        self._static_sizes: dict[str, tuple[int, float]] = {}
+        self._static_sizes: dict[str, int] = {}
+        self._static_sizes_until = 0.0
         #: One lock per file while it is being probed (dropped once nobody holds it).
         self._locks: dict[str, trio.Lock] = {}
         self._readahead = readahead or ReadAheadConfig()
@@ -203,9 +206,10 @@ class DataStore:
         if isinstance(source, DerivedFile):
             return await self._derived().size(source)
         if isinstance(source, StaticFile):
-            known = self._static_sizes.get(source.key)
-            if known is not None and known[1] > trio.current_time() and not source.live:
-                return known[0]
+            if not source.live and trio.current_time() < self._static_sizes_until:
+                known = self._static_sizes.get(source.key)
+                if known is not None:
+                    return known
             return len(await self._load_static(source))
         return (await self._remote_stat(source)).size
 
@@ -244,10 +248,24 @@ class DataStore:
                     self._stats[source.key] = (cached[0], trio.current_time() + 5.0)
                     return cached[0]
                 await self._from_storage(source, stat, cached[0] if cached else None)
+            elif stat.stated:
+                return stat  # the node's own: nothing to keep per file (`_current`)
             elif cached is not None and cached[0].etag != stat.etag and not cached[0].stated:
                 self._changed(source, cached[0])
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
             return stat
+
+    def _current(self, source: RemoteFile) -> RemoteStat | None:
+        """What the kernel has been shown of *source*: what storage said, else the size
+        the API stated. A stated size is not kept per file but read off the node (a
+        listing of thousands of files holds nothing more for it), until storage is
+        asked: at the file's first open, or once a size kept on disk is found."""
+        current = self._stats.get(source.key)
+        if current is not None:
+            return current[0]
+        if source.size is not None and source.size > 0:
+            return RemoteStat(source.size, None, b"", stated=True)
+        return None
 
     async def _from_storage(
         self, source: RemoteFile, stat: RemoteStat, old: RemoteStat | None
@@ -292,10 +310,9 @@ class DataStore:
         must be shown the true size before it reads, as on a local disk.
         """
         async with self._lock(source.key):
-            current = self._stats.get(source.key)
-            if current is not None and not current[0].stated:
-                return current[0]  # confirmed meanwhile
-            stated = current[0] if current is not None else None
+            stated = self._current(source)
+            if stated is not None and not stated.stated:
+                return stated  # confirmed meanwhile
             stat = await self._fetcher.probe(source, HEAD_SIZE)
             await self._from_storage(source, stat, stated)
             self._stats[source.key] = (stat, trio.current_time() + self._stat_ttl)
@@ -330,10 +347,11 @@ class DataStore:
             if data is None:
                 data = await source.load()
                 self._static[source.key] = data
-                self._static_sizes[source.key] = (
-                    len(data),
-                    trio.current_time() + self._static_ttl,
-                )
+                now = trio.current_time()
+                if now >= self._static_sizes_until:
+                    self._static_sizes.clear()
+                    self._static_sizes_until = now + self._static_ttl
+                self._static_sizes[source.key] = len(data)
         return data
 
     # -- bytes -------------------------------------------------------------
@@ -459,9 +477,9 @@ class DataStore:
         the usual way, by a probe (`check`), and nothing is fetched with this request.
         """
         async with self._lock(source.key):
-            current = self._stats.get(source.key)
-            if current is not None and not current[0].stated:
-                return current[0], None  # confirmed meanwhile
+            current = self._current(source)
+            if current is not None and not current.stated:
+                return current, None  # confirmed meanwhile
             body = BodyStream(self._fetcher, source, 0, stated.size, None)
             try:
                 await body.open()

@@ -14,6 +14,7 @@ import trio.testing
 
 from cupixfs.core.errors import Unavailable
 from cupixfs.data import block_file
+from cupixfs.data.sources import StaticFile
 from cupixfs.data.store import DataStore, ReadAheadConfig
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import MiB, blob_bytes, inode_of, stack_of, video_path, videos
@@ -494,3 +495,31 @@ def test_reads_across_block_boundaries_get_exactly_their_bytes(
             stack.data.release(handle)
 
     trio.run(main)
+
+
+def test_a_document_size_is_remembered_for_at_most_the_listing_ttl(tmp_path: Path) -> None:
+    """A ``meta.json`` lists without loading it again while its size is remembered, and
+    shows a change once the TTL has passed since it was loaded."""
+    document = [b"x" * 10]
+    loads: list[int] = []
+
+    async def load() -> bytes:
+        loads.append(1)
+        return document[0]
+
+    source = StaticFile("pointclouds/1/meta.json", load)
+    other = StaticFile("pointclouds/2/meta.json", load)
+
+    async def main() -> None:
+        store = DataStore(None, None, static_ttl=60.0)  # type: ignore[arg-type]
+        assert await store.size(source) == 10
+        await trio.sleep(50)
+        assert await store.size(other) == 10
+        document[0] = b"y" * 20
+        assert await store.size(source) == 10 and len(loads) == 2  # remembered
+        await trio.sleep(11)  # 61 s after the first load, 11 after the second
+        assert await store.size(source) == 20 and len(loads) == 3
+        await trio.sleep(50)  # 61 s after the second
+        assert await store.size(other) == 20 and len(loads) == 4
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
