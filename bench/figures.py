@@ -1154,6 +1154,8 @@ _TABLES = ("inodes", "listings", "listed_entries", "kernel_versions")
 @dataclass(frozen=True)
 class FindMemory:
     entries: int
+    seconds: float
+    cpu_seconds: float
     rss_mounted: int
     rss_cached: int
     rss_dropped: int
@@ -1177,7 +1179,9 @@ def find_memory(ctx: Context) -> FindMemory:
                 os.listdir(mount.path)
                 time.sleep(0.5)
                 mounted = vm_rss(mount.pid)
+                before = cpu_seconds(mount.pid)
                 seconds, done = timed(["find", str(mount.path / "clusters")], 1200)
+                cpu = cpu_seconds(mount.pid) - before
                 entries = _lines(done.stdout) - 1  # find prints the start directory too
                 time.sleep(0.5)
                 cached, tables_cached = vm_rss(mount.pid), _status(mount)
@@ -1195,10 +1199,31 @@ def find_memory(ctx: Context) -> FindMemory:
         )
         pick = lambda t: {k: t.get(k) for k in _TABLES if k in t}  # noqa: E731
         return FindMemory(
-            entries, mounted, cached, dropped, pick(tables_cached), pick(tables_dropped)
+            entries,
+            seconds,
+            cpu,
+            mounted,
+            cached,
+            dropped,
+            pick(tables_cached),
+            pick(tables_dropped),
         )
 
     return ctx.once("find_memory", measure)
+
+
+def find_time(ctx: Context) -> Row:
+    """The same ``find``'s time: the cost per entry of a first walk of a large account (a
+    ``meta.json`` per sub is an API call, its size a render; no latency added)."""
+    m = find_memory(ctx)
+    row = Row("find_time", "s", target="reported")
+    row.value = m.seconds
+    row.details = {"entries": m.entries, "cpu_seconds": m.cpu_seconds}
+    row.notes.append(
+        f"find of {m.entries} entries, no latency: {m.seconds / m.entries * 1e3:.2f} ms and"
+        f" {m.cpu_seconds / m.entries * 1e3:.2f} ms of the mount's CPU per entry"
+    )
+    return row
 
 
 def find_rss_cached(ctx: Context) -> Row:
@@ -1253,6 +1278,7 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "scan_rtt": scan_rtt,
     "ls_clusters": ls_clusters,
     "ls_l_500": ls_l_500,
+    "find_time": find_time,
     "find_rss_cached": find_rss_cached,
     "find_rss_dropped": find_rss_dropped,
     "ls_captures": ls_captures,
