@@ -69,3 +69,11 @@ def test_a_request_that_fails_or_is_cancelled_gives_its_place_back(fake: FakeSer
             assert transport.busy == [0, 0]
 
     trio.run(main)
+
+
+def test_the_pools_share_one_tls_context() -> None:
+    """Each context holds the CA certificates loaded anew (about 0.7 MiB): seventeen of
+    them took a fresh mount from 51 to 64 MiB."""
+    transport = ShardedTransport(100)
+    contexts = {id(pool._pool._ssl_context) for pool in transport._pools}
+    assert len(transport._pools) > 1 and len(contexts) == 1
