@@ -14,8 +14,9 @@ import trio.testing
 
 from cupixfs.core.errors import Unavailable
 from cupixfs.data import block_file
+from cupixfs.data import store as store_module
 from cupixfs.data.sources import StaticFile
-from cupixfs.data.store import DataStore, ReadAheadConfig
+from cupixfs.data.store import HEAD_SIZE, DataStore, ReadAheadConfig
 from cupixfs.fake.server import FakeServer
 from tests.core.conftest import MiB, blob_bytes, inode_of, stack_of, video_path, videos
 
@@ -523,3 +524,37 @@ def test_a_document_size_is_remembered_for_at_most_the_listing_ttl(tmp_path: Pat
         assert await store.size(other) == 20 and len(loads) == 4
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_probe_heads_are_kept_for_the_files_probed_last_within_a_bound(
+    server: FakeServer, capture_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe's first 64 KiB serve a file's first reads without a request, but only for
+    the files probed last: kept for every file listed, they grew with the listing."""
+    monkeypatch.setattr(store_module, "HEADS_KEPT", 2 * HEAD_SIZE)
+    listed = videos(server)  # four, each larger than a head
+
+    async def main() -> None:
+        async with stack_of(server, tmp_path) as stack:
+            sources = [
+                stack.vfs.namespace.node(
+                    await inode_of(stack.vfs, video_path(capture_id, video))
+                ).source
+                for video in listed
+            ]
+            for source in sources:
+                await stack.data.size(source)  # a probe each, in this order
+            heads = stack.data._heads
+            assert len(heads) == 2 and heads.currsize == 2 * HEAD_SIZE
+            for source, video in zip(sources, listed, strict=True):
+                stat = await stack.data._remote_stat(source)
+                assert stat.head == b""  # not kept with the size
+                head = stack.data._head(source, stat)
+                first_probed = source is sources[0] or source is sources[1]
+                assert head == (b"" if first_probed else blob_bytes(server, video)[:HEAD_SIZE])
+            # A file whose head is gone is read right all the same.
+            handle = await stack.data.open(sources[0], None, None)
+            assert await stack.data.read(handle, 0, 1000) == blob_bytes(server, listed[0])[:1000]
+            stack.data.release(handle)
+
+    trio.run(main)
