@@ -1016,7 +1016,8 @@ def _first_listing(
     captures: tuple[int, ...] = (),
 ) -> tuple[float, str, dict[str, Any]]:
     """Wall time of *command*, whose last argument is a path in a fresh mount of the scale
-    server, at +20 ms per response: (seconds, its stdout, the server's counters)."""
+    server, at +20 ms per response: (seconds, its stdout, the server's counters and how
+    much the mount's RSS grew)."""
     server, _ = ctx.scale()
     try:
         with ctx.cupixfs(name, server=server, captures=captures) as mount:
@@ -1024,8 +1025,9 @@ def _first_listing(
             server.set_faults(latency_s=LATENCY_S)
             try:
                 server.reset_stats()
+                before = vm_rss(mount.pid)
                 seconds, done = timed(args, 600)
-                stats = server.stats()
+                stats = {**server.stats(), "rss_growth": vm_rss(mount.pid) - before}
             finally:
                 server.reset_faults()
     finally:
@@ -1069,10 +1071,12 @@ def _listing_row(
         row.baseline = plain_s
         row.ratio = _ratio(plain_s, row.value)
         row.notes.append(f"plain client: {pages} pages of {items} items one after another")
-    row.details = {k: stats.get(k) for k in ("api_requests", "blob_requests", "api_by_route")}
+    keys = ("api_requests", "blob_requests", "api_by_route", "rss_growth")
+    row.details = {k: stats.get(k) for k in keys}
     row.notes.append(
         f"+20 ms per response, {SCALE_PER_PAGE} per page; {stats.get('api_requests')} API and"
-        f" {stats.get('blob_requests')} blob requests;"
+        f" {stats.get('blob_requests')} blob requests; the mount's RSS grew by"
+        f" {stats.get('rss_growth', 0) / MiB:.1f} MiB;"
         f" samples {', '.join(f'{s:.2f}' for s in samples)} s"
     )
     return row
