@@ -131,7 +131,7 @@ class DataStore:
         )
         self._static_sizes: dict[str, int] = {}
         self._static_sizes_until = 0.0
-        #: The first bytes of the files probed last, by version (`_kept`, `_head`).
+        #: The first bytes of the files probed last, by version (`_kept`, `_from_head`).
         self._heads: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(
             HEADS_KEPT, getsizeof=len
         )
@@ -244,8 +244,8 @@ class DataStore:
             stat = None
             if cached is None and self._stat_cache is not None:
                 stat = await self._stat_cache.load(source.key, source.hint)
-            if stat is None and cached is None and source.size is not None and source.size > 0:
-                stat = RemoteStat(source.size, None, b"", stated=True)  # confirmed when read
+            if stat is None and cached is None:
+                stat = _stated(source)  # confirmed when read
             if stat is None:
                 try:
                     stat = await self._fetcher.probe(source, HEAD_SIZE)
@@ -272,11 +272,7 @@ class DataStore:
         listing of thousands of files holds nothing more for it), until storage is
         asked: at the file's first open, or once a size kept on disk is found."""
         current = self._stats.get(source.key)
-        if current is not None:
-            return current[0]
-        if source.size is not None and source.size > 0:
-            return RemoteStat(source.size, None, b"", stated=True)
-        return None
+        return current[0] if current is not None else _stated(source)
 
     async def _from_storage(
         self, source: RemoteFile, stat: RemoteStat, old: RemoteStat | None
@@ -334,15 +330,22 @@ class DataStore:
 
     def _kept(self, source: RemoteFile, stat: RemoteStat) -> RemoteStat:
         """*stat* as it is kept per file: without its head, which goes to the bounded
-        store of heads (`_head` finds it there while it lasts)."""
+        store of heads (`_from_head` finds it there while it lasts)."""
         if not stat.head:
             return stat
         self._heads[_version(source, stat)] = stat.head
         return replace(stat, head=b"")
 
-    def _head(self, source: RemoteFile, stat: RemoteStat) -> bytes:
-        """The first bytes of *source*'s version *stat*, as far as they are at hand."""
-        return stat.head or self._heads.get(_version(source, stat), b"")
+    def _from_head(
+        self, source: RemoteFile, stat: RemoteStat, offset: int, end: int
+    ) -> bytes | None:
+        """Bytes *offset* to *end* of *source*'s version *stat* from its probe's head, or
+        None where the head does not hold them. A head holds at most the first
+        ``HEAD_SIZE`` bytes, so a read past them costs no look."""
+        if end > HEAD_SIZE:
+            return None
+        head = stat.head or self._heads.get(_version(source, stat), b"")
+        return head[offset:end] if end <= len(head) else None
 
     @asynccontextmanager
     async def _lock(self, key: str) -> AsyncIterator[None]:
@@ -458,7 +461,7 @@ class DataStore:
         if (
             self.background is None
             or stat.size > WHOLE_FILE
-            or stat.size <= len(self._head(source, stat))
+            or self._from_head(source, stat, 0, stat.size) is not None
         ):
             if opened is not None:
                 opened.cancel()
@@ -637,9 +640,9 @@ class DataStore:
             self.release(handle)
         if body is not None:
             body.cancel()
-        head = self._head(source, stat)
-        if end <= len(head):
-            return head[offset:end]
+        in_head = self._from_head(source, stat, offset, end)
+        if in_head is not None:
+            return in_head
         return await self._from_blocks(source, stat, offset, end)
 
     def _continues(self, stream: SequentialStream, version: str, offset: int) -> bool:
@@ -658,9 +661,9 @@ class DataStore:
         end = min(offset + size, stat.size)
         if offset >= end:
             return b""
-        head = self._head(source, stat)
-        if end <= len(head):
-            return head[offset:end]
+        in_head = self._from_head(source, stat, offset, end)
+        if in_head is not None:
+            return in_head
         bs = self._blocks.block_size
         version = _version(source, stat)
         blocks = range(offset // bs, (end - 1) // bs + 1)
@@ -745,6 +748,13 @@ class DataStore:
         if self.derived is None:
             raise NotFound("derived files are not served by this mount")
         return self.derived
+
+
+def _stated(source: RemoteFile) -> RemoteStat | None:
+    """The size the API states for *source*, as a stat storage has not confirmed yet."""
+    if source.size is None or source.size <= 0:
+        return None
+    return RemoteStat(source.size, None, b"", stated=True)
 
 
 def _version(source: RemoteFile, stat: RemoteStat) -> str:

@@ -549,9 +549,10 @@ def test_probe_heads_are_kept_for_the_files_probed_last_within_a_bound(
             for source, video in zip(sources, listed, strict=True):
                 stat = await stack.data._remote_stat(source)
                 assert stat.head == b""  # not kept with the size
-                head = stack.data._head(source, stat)
+                head = stack.data._from_head(source, stat, 0, HEAD_SIZE)
                 first_probed = source is sources[0] or source is sources[1]
-                assert head == (b"" if first_probed else blob_bytes(server, video)[:HEAD_SIZE])
+                assert head == (None if first_probed else blob_bytes(server, video)[:HEAD_SIZE])
+                assert stack.data._from_head(source, stat, 0, HEAD_SIZE + 1) is None
             # A file whose head is gone is read right all the same.
             handle = await stack.data.open(sources[0], None, None)
             assert await stack.data.read(handle, 0, 1000) == blob_bytes(server, listed[0])[:1000]
