@@ -546,10 +546,9 @@ def warm_remount(ctx: Context) -> Row:
 
 def shaped(ctx: Context) -> Row:
     """400 Mbit/s and 20 ms per response, server in a network namespace."""
-    row = Row("shaped", "MB/s", baseline_label="curl", target="≥ 0.95")
-    base = ctx.work / "shaped"
-    base.mkdir(parents=True, exist_ok=True)
-    try:
+
+    @contextlib.contextmanager
+    def serve(base: Path) -> Iterator[Server]:
         with (
             netns.shaped_link(ctx.janitor) as ns,
             fake_server(
@@ -557,10 +556,10 @@ def shaped(ctx: Context) -> Row:
             ) as server,
         ):
             server.set_faults(latency_s=LATENCY_S)
-            _cold_against_curl(ctx, row, server, "shaped link", "shaped")
-    finally:
-        _cleanup(base)
-    row.passed = None if row.ratio is None else row.ratio >= 0.95
+            yield server
+
+    row = Row("shaped", "MB/s", baseline_label="curl", target="≥ 0.95")
+    _cold_against_curl(ctx, row, serve, "shaped link", "shaped", at_least=0.95)
     row.notes.append("400 Mbit/s tbf on the server's egress, +20 ms per response")
     return row
 
@@ -570,10 +569,9 @@ def cold_tls(ctx: Context) -> Row:
     against curl of the same signed URL over the same TLS. The fake server encrypts in
     Python (no ``sendfile`` under TLS), so both are slower than over plain HTTP: the row
     shows what the mount's TLS path costs beside curl's, and its CPU per GiB."""
-    row = Row("cold_tls", "MB/s", baseline_label="curl", target="≥ 0.3 (as cold_seq)")
-    base = ctx.work / "cold_tls"
-    base.mkdir(parents=True, exist_ok=True)
-    try:
+
+    @contextlib.contextmanager
+    def serve(base: Path) -> Iterator[Server]:
         cert, key = self_signed(base)
         with (
             environment(SSL_CERT_FILE=str(cert), CURL_CA_BUNDLE=str(cert)),
@@ -581,31 +579,45 @@ def cold_tls(ctx: Context) -> Row:
                 ctx.janitor, ctx.server.data_dir, base / "server.log", tls=(cert, key)
             ) as server,
         ):
-            _cold_against_curl(ctx, row, server, "over TLS", "TLS")
-    finally:
-        _cleanup(base)
-    row.passed = None if row.ratio is None else row.ratio >= 0.3
+            yield server
+
+    row = Row("cold_tls", "MB/s", baseline_label="curl", target="≥ 0.3 (as cold_seq)")
+    _cold_against_curl(ctx, row, serve, "over TLS", "TLS", at_least=0.3)
     row.notes.append("API and storage over HTTPS; the fake server encrypts in Python")
     return row
 
 
-def _cold_against_curl(ctx: Context, row: Row, server: Server, what: str, label: str) -> None:
-    """Cold reads of the 512 MiB video from a server of the row's own, curl then a fresh
-    mount, ``ctx.repeat`` times: medians, ratio and CPU note (*label*) into *row*."""
+def _cold_against_curl(
+    ctx: Context,
+    row: Row,
+    serve: Callable[[Path], contextlib.AbstractContextManager[Server]],
+    what: str,
+    label: str,
+    at_least: float,
+) -> None:
+    """Cold reads of the 512 MiB video from a server of the row's own (``serve(base)``, in
+    a work folder removed afterwards), curl then a fresh mount, ``ctx.repeat`` times:
+    medians, ratio (passed at *at_least*) and CPU note (*label*) into *row*."""
     blob = ctx.data.video_512
     name = row.figure
     curl_s: list[float] = []
     mine_s: list[float] = []
     cpu: list[float] = []
-    url = server.signed_url(blob.api_path)
-    for _ in range(ctx.repeat):
-        cold(ctx.files(blob))
-        curl_s.append(curl_read(url, blob.size).mb_s)
-        with ctx.cupixfs(name, server=server) as mount:
-            cold(ctx.files(blob))
-            speed, cpu_per_gib = _read_with_cpu(mount, blob)
-            mine_s.append(speed)
-            cpu.append(cpu_per_gib)
+    base = ctx.work / name
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        with serve(base) as server:
+            url = server.signed_url(blob.api_path)
+            for _ in range(ctx.repeat):
+                cold(ctx.files(blob))
+                curl_s.append(curl_read(url, blob.size).mb_s)
+                with ctx.cupixfs(name, server=server) as mount:
+                    cold(ctx.files(blob))
+                    speed, cpu_per_gib = _read_with_cpu(mount, blob)
+                    mine_s.append(speed)
+                    cpu.append(cpu_per_gib)
+    finally:
+        _cleanup(base)
     ctx.say(f"{what}: curl {_mbs(curl_s)}, cupixfs {_mbs(mine_s)}")
     ctx.samples[f"{name}_curl_mb_s"] = curl_s
     ctx.samples[f"{name}_cupixfs_mb_s"] = mine_s
@@ -613,6 +625,7 @@ def _cold_against_curl(ctx: Context, row: Row, server: Server, what: str, label:
     row.baseline = ctx.median(curl_s)
     row.value = ctx.median(mine_s)
     row.ratio = _ratio(row.value, row.baseline)
+    row.passed = None if row.ratio is None else row.ratio >= at_least
     _add_cpu_note(row, ctx, f"{name}_cpu_s_per_gib", label)
 
 
