@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cupixfs.data.http import SHARD_CONNECTIONS
 from cupixfs.fake.sample import CaptureSpec, SampleSpec
 from cupixfs.fake.server import FakeServer
 from tests.mounted.helpers import sample_server, sha256_of, video_path
@@ -169,3 +171,37 @@ def test_a_warm_read_leaves_none_of_the_cache_files_in_memory(
         time.sleep(0.5)  # the stream closes its reader once the read is done
         resident = {f.name: resident_pages(f) for f in files}
     assert sum(resident.values()) == 0, resident
+
+
+MANY = SampleSpec(
+    name="many-videos", captures=(CaptureSpec("many", tuple(100_000 + n for n in range(40))),)
+)
+
+
+def test_a_folder_of_videos_is_sized_at_once_and_its_sizes_are_saved_behind_it(
+    mounter: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``ls -l`` of 40 videos: one download redirect and one ranged GET each, many at once
+    (over several of the clients' small pools), and every size on disk by the unmount,
+    written behind the listing."""
+    with sample_server(MANY, tmp_path_factory) as server:
+        dataset = httpx.get(server.base_url + "/_fake/dataset").json()
+        capture = str(dataset["captures"][0]["id"])
+        count = len(dataset["videos"])
+        cache = tmp_path / "many-cache"
+        with mounter("--capture", capture, cache_dir=cache, server=server) as m:
+            server.faults.update(latency_s=0.2)  # so that the requests overlap
+            server.stats.reset()
+            folder = m.path / "captures" / capture / "videos"
+            sizes = sorted(entry.stat().st_size for entry in os.scandir(folder))
+            stats = server.stats.snapshot()
+            server.faults.reset()
+            status = json.loads((m.path / ".cupixfs" / "status").read_text())
+        saved = list((cache / "stats").glob("*.json"))
+    assert sizes == sorted(v["file"]["size"] for v in dataset["videos"])
+    assert stats["api_by_route"]["GET /videos/{id}/download"] == count
+    assert stats["blob_requests"] == count
+    # Download redirects answered at once: more than one small pool holds.
+    assert stats["api_in_flight_max"] > SHARD_CONNECTIONS
+    assert status["unsaved_entries"] == 0
+    assert len(saved) == count
