@@ -33,6 +33,7 @@ from harness import (
     Mount,
     Server,
     Transfer,
+    ceiling_mount,
     cold,
     cpu_seconds,
     cupixfs_mount,
@@ -947,6 +948,71 @@ def _cp_r(ctx: Context, name: str, latency: float, tool: str = "cp") -> Row:
     return row
 
 
+def _ceiling_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
+    """``cp -r`` of the 40-sub cluster through ``bench/ceiling.py`` (with a disk cache if
+    *disk*): seconds, and its CPU seconds per GiB."""
+    blobs = ctx.data.cpcs
+    total = sum(b.size for b in blobs)
+    cache = fresh_dir(base / "cache") if disk else None
+    with ceiling_mount(
+        ctx.janitor, ctx.server, base / "mnt", cache, base / "ceiling.log", ctx.data.cpc_cluster
+    ) as mount:
+        dest = fresh_dir(base / "copy")
+        cold(ctx.files(*blobs))
+        before = cpu_seconds(mount.pid)
+        seconds, _ = timed(["cp", "-r", str(mount.path), str(dest)], read_timeout(total))
+        cpu = (cpu_seconds(mount.pid) - before) / (total / GiB)
+    _check_copy(dest, len(blobs), total)
+    return seconds, cpu
+
+
+def cp_r_ceiling(ctx: Context) -> Row:
+    """``cp_r`` against the ceiling of its stack on this machine: the same copy through the
+    smallest pyfuse3-on-trio mount that fetches whole files ahead (``bench/ceiling.py``),
+    with and without a disk cache, beside cupixfs and curl, alternating, same run."""
+    blobs = ctx.data.cpcs
+    total = sum(b.size for b in blobs)
+    base = ctx.work / "cp_r_ceiling"
+    row = Row("cp_r_ceiling", "s", baseline_unit="s", baseline_label="curl", target="reported")
+    runs: dict[str, list[float]] = {"curl": [], "cupixfs": [], "disk": [], "memory": []}
+    cpu: dict[str, list[float]] = {"cupixfs": [], "disk": [], "memory": []}
+    try:
+        for _ in range(ctx.repeat):
+            runs["curl"].append(_curl_cpcs(ctx, base / "curl", 0.0))
+            with ctx.cupixfs("cp_r_ceiling") as mount:
+                dest = fresh_dir(base / "copy")
+                cold(ctx.files(*blobs))
+                source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
+                before = cpu_seconds(mount.pid)
+                seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+                cpu["cupixfs"].append((cpu_seconds(mount.pid) - before) / (total / GiB))
+                runs["cupixfs"].append(seconds)
+            _check_copy(dest, len(blobs), total)
+            for name, disk in (("disk", True), ("memory", False)):
+                seconds, used = _ceiling_cp(ctx, base / name, disk)
+                runs[name].append(seconds)
+                cpu[name].append(used)
+        ctx.say(", ".join(f"{k} {' '.join(f'{s:.2f}' for s in v)} s" for k, v in runs.items()))
+        for name, values in runs.items():
+            ctx.samples[f"cp_r_ceiling_{name}_s"] = values
+    finally:
+        _cleanup(base)
+    med = {name: ctx.median(values) for name, values in runs.items()}
+    row.value, row.baseline = med["disk"], med["curl"]
+    row.ratio = _ratio(row.baseline, row.value)
+    row.details = {"seconds": med, "cpu_s_per_gib": {k: ctx.median(v) for k, v in cpu.items()}}
+    row.notes.append(
+        f"the same cp -r through bench/ceiling.py with a disk cache (the row's value),"
+        f" {med['disk']:.2f} s, {_ratio(med['curl'], med['disk']) or 0:.2f} x curl,"
+        f" {ctx.median(cpu['disk']):.2f} CPU s/GiB; without one {med['memory']:.2f} s,"
+        f" {_ratio(med['curl'], med['memory']) or 0:.2f} x curl,"
+        f" {ctx.median(cpu['memory']):.2f} CPU s/GiB; cupixfs in the same run"
+        f" {med['cupixfs']:.2f} s, {_ratio(med['curl'], med['cupixfs']) or 0:.2f} x curl,"
+        f" {ctx.median(cpu['cupixfs']):.2f} CPU s/GiB"
+    )
+    return row
+
+
 def rsync_rtt(ctx: Context) -> Row:
     """``rsync -a`` of the 40-sub cluster, every response 20 ms late, vs the same curl as
     ``cp_r_rtt``: rsync lists the whole tree before it copies, so both the listing ahead
@@ -1291,6 +1357,7 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "rss_2g": rss_2g,
     "cp_r": cp_r,
     "cp_r_rtt": cp_r_rtt,
+    "cp_r_ceiling": cp_r_ceiling,
     "rsync_rtt": rsync_rtt,
     "scan_rtt": scan_rtt,
     "ls_clusters": ls_clusters,

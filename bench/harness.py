@@ -599,6 +599,27 @@ def cupixfs_mount(
     return _mounted(janitor, args, mountpoint, log, "cupixfs", {"CUPIX_API_TOKEN": server.token})
 
 
+#: The smallest mount of the same stack (``bench/ceiling.py``), the ceiling ``cp_r`` is
+#: measured against.
+CEILING = Path(__file__).resolve().parent / "ceiling.py"
+
+
+def ceiling_mount(
+    janitor: Janitor,
+    server: Server,
+    mountpoint: Path,
+    cache_dir: Path | None,
+    log: Path,
+    cluster: int,
+) -> contextlib.AbstractContextManager[Mount]:
+    """``bench/ceiling.py`` showing *cluster*'s cpc files; a disk cache in *cache_dir*."""
+    args = [sys.executable, str(CEILING), str(mountpoint), "--api-url", server.api_url]
+    args += ["--cluster", str(cluster)]
+    if cache_dir is not None:
+        args += ["--cache-dir", str(cache_dir)]
+    return _mounted(janitor, args, mountpoint, log, "ceiling", {"CUPIX_API_TOKEN": server.token})
+
+
 def rclone_mount(
     janitor: Janitor,
     server: Server,
