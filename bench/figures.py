@@ -969,7 +969,8 @@ def _ceiling_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
 def cp_r_ceiling(ctx: Context) -> Row:
     """``cp_r`` against the ceiling of its stack on this machine: the same copy through the
     smallest pyfuse3-on-trio mount that fetches whole files ahead (``bench/ceiling.py``),
-    with and without a disk cache, beside cupixfs and curl, alternating, same run."""
+    with and without a disk cache, beside cupixfs and curl, same run. The order turns from
+    one repeat to the next: on this VM a copy's time depends on what ran just before it."""
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
     base = ctx.work / "cp_r_ceiling"
@@ -982,28 +983,40 @@ def cp_r_ceiling(ctx: Context) -> Row:
         "memory": [],
     }
     cpu: dict[str, list[float]] = {"cupixfs": [], "disk": [], "memory": []}
-    try:
-        for _ in range(ctx.repeat):
-            runs["curl"].append(_curl_cpcs(ctx, base / "curl", 0.0))
-            with ctx.cupixfs("cp_r_ceiling") as mount:
-                dest = fresh_dir(base / "copy")
-                cold(ctx.files(*blobs))
-                source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
-                before = cpu_seconds(mount.pid)
-                seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
-                cpu["cupixfs"].append((cpu_seconds(mount.pid) - before) / (total / GiB))
-                runs["cupixfs"].append(seconds)
-                _check_copy(dest, len(blobs), total)
-                # Again, from the kernel's page cache (no read reaches the mount): what
-                # cp itself costs here, into a folder made anew like every other copy's.
-                dest = fresh_dir(base / "copy")
-                seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
-                runs["page cache"].append(seconds)
+
+    def curl() -> None:
+        runs["curl"].append(_curl_cpcs(ctx, base / "curl", 0.0))
+
+    def cupixfs() -> None:
+        with ctx.cupixfs("cp_r_ceiling") as mount:
+            dest = fresh_dir(base / "copy")
+            cold(ctx.files(*blobs))
+            source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
+            before = cpu_seconds(mount.pid)
+            seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+            cpu["cupixfs"].append((cpu_seconds(mount.pid) - before) / (total / GiB))
+            runs["cupixfs"].append(seconds)
             _check_copy(dest, len(blobs), total)
-            for name, disk in (("disk", True), ("memory", False)):
-                seconds, used = _ceiling_cp(ctx, base / name, disk)
-                runs[name].append(seconds)
-                cpu[name].append(used)
+            # Again, from the kernel's page cache (no read reaches the mount): what cp
+            # itself costs here, into a folder made anew like every other copy's.
+            dest = fresh_dir(base / "copy")
+            seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
+            runs["page cache"].append(seconds)
+        _check_copy(dest, len(blobs), total)
+
+    def ceiling(name: str, disk: bool) -> Callable[[], None]:
+        def run() -> None:
+            seconds, used = _ceiling_cp(ctx, base / name, disk)
+            runs[name].append(seconds)
+            cpu[name].append(used)
+
+        return run
+
+    order = [curl, cupixfs, ceiling("disk", True), ceiling("memory", False)]
+    try:
+        for i in range(ctx.repeat):
+            for measure in order[i % len(order) :] + order[: i % len(order)]:
+                measure()
         ctx.say(", ".join(f"{k} {' '.join(f'{s:.2f}' for s in v)} s" for k, v in runs.items()))
         for name, values in runs.items():
             ctx.samples[f"cp_r_ceiling_{name.replace(' ', '_')}_s"] = values
