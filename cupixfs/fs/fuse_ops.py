@@ -41,6 +41,14 @@ AUTH_LOG_EVERY = 300.0
 DIR_MODE = 0o040555
 FILE_MODE = 0o100444
 LINK_MODE = 0o120777
+#: The I/O size ``stat`` advises (``st_blksize``): what cp, cat and stdio size their
+#: buffers by, and so the size of every write a copy out of the mount makes to its
+#: destination. 128 KiB is coreutils' own choice for a local file. At 1 MiB, a cold ``cp``
+#: of a 512 MiB file spent 1.30 s in 1 MiB writes to its destination's page cache, 2.5 ms
+#: per MiB, against 0.42 s in 128 KiB ones, 0.8 ms per MiB (``strace -c -w``, this 2-CPU
+#: VM): that cp took 1.43-1.48 s -> 0.65-0.73 s, and ``cp -r`` of a 40-file cluster
+#: 1.16-1.23 s -> 0.70-0.79 s (alternating fresh mounts), the mount's own CPU unchanged.
+IO_SIZE = 128 * 1024
 
 _ERRNO: list[tuple[type[BaseException], int]] = [
     (NotFound, errno.ENOENT),
@@ -146,7 +154,7 @@ class CupixOperations(pyfuse3.Operations):
         entry.st_uid = self._uid
         entry.st_gid = self._gid
         entry.st_size = attr.size or 0
-        entry.st_blksize = 1 << 20
+        entry.st_blksize = IO_SIZE
         entry.st_blocks = ((attr.size or 0) + 511) // 512
         entry.st_mtime_ns = _ns(attr.mtime)
         entry.st_ctime_ns = _ns(attr.ctime)
