@@ -33,7 +33,6 @@ from harness import (
     Mount,
     Server,
     Transfer,
-    ceiling_mount,
     cold,
     cpu_seconds,
     cupixfs_mount,
@@ -45,6 +44,7 @@ from harness import (
     fake_server,
     fresh_dir,
     generate_data,
+    minimal_mount,
     rclone_mount,
     read_timeout,
     self_signed,
@@ -855,6 +855,63 @@ def rss_2g(ctx: Context) -> Row:
     return row
 
 
+def cp_file(ctx: Context) -> Row:
+    """A cold ``cp`` of the 512 MiB video into a local folder against ``curl -o`` of its
+    signed URL into a file, alternating: a copy writes what it reads, in pieces of the
+    size ``stat`` advises (``st_blksize``); ``dd bs=1M`` to /dev/null writes nothing."""
+    blob = ctx.data.video_512
+    base = ctx.work / "cp_file"
+    row = Row("cp_file", "MB/s", baseline_label="curl -o", target="reported")
+    cp_s: list[float] = []
+    curl_s: list[float] = []
+    cpu: list[float] = []
+    try:
+        for _ in range(ctx.repeat):
+            dest = fresh_dir(base / "curl")
+            url = ctx.server.signed_url(blob.api_path)
+            cold(ctx.files(blob))
+            seconds, _ = timed(
+                ["curl", "-sS", "--fail", "-o", str(dest / "video"), url], read_timeout(blob.size)
+            )
+            curl_s.append(seconds)
+            _check_size(dest / "video", blob.size)
+            with ctx.cupixfs("cp_file") as mount:
+                dest = fresh_dir(base / "copy")
+                cold(ctx.files(blob))
+                before = cpu_seconds(mount.pid)
+                seconds, _ = timed(
+                    ["cp", str(mount.path / blob.mount_path), str(dest / "video")],
+                    read_timeout(blob.size),
+                )
+                cpu.append((cpu_seconds(mount.pid) - before) / (blob.size / GiB))
+                cp_s.append(seconds)
+            _check_size(dest / "video", blob.size)
+        ctx.say(f"cp {_secs(cp_s)}; curl -o {_secs(curl_s)}")
+        ctx.samples["cp_file_s"] = cp_s
+        ctx.samples["cp_file_curl_s"] = curl_s
+        ctx.samples["cp_file_cpu_s_per_gib"] = cpu
+    finally:
+        _cleanup(base)
+    row.value = Transfer(blob.size, ctx.median(cp_s)).mb_s
+    row.baseline = Transfer(blob.size, ctx.median(curl_s)).mb_s
+    row.ratio = _ratio(row.value, row.baseline)
+    row.notes.append(
+        f"512 MiB into a local folder: cp {ctx.median(cp_s):.2f} s, curl -o"
+        f" {ctx.median(curl_s):.2f} s (its URL resolved before the timing)"
+    )
+    _add_cpu_note(row, ctx, "cp_file_cpu_s_per_gib", "cp")
+    return row
+
+
+def _check_size(path: Path, size: int) -> None:
+    if path.stat().st_size != size:
+        raise BenchError(f"{path.name}: {path.stat().st_size} bytes, expected {size}")
+
+
+def _secs(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values) + " s"
+
+
 def cp_r(ctx: Context) -> Row:
     """``cp -r`` of a 40-sub cluster vs curl fetching the same cpc blobs one after another,
     each through its download call (the 302 followed inside the timing)."""
@@ -948,14 +1005,14 @@ def _cp_r(ctx: Context, name: str, latency: float, tool: str = "cp") -> Row:
     return row
 
 
-def _ceiling_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
-    """``cp -r`` of the 40-sub cluster through ``bench/ceiling.py`` (with a disk cache if
+def _minimal_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
+    """``cp -r`` of the 40-sub cluster through ``bench/minimal_mount.py`` (with a disk cache if
     *disk*): seconds, and its CPU seconds per GiB."""
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
     cache = fresh_dir(base / "cache") if disk else None
-    with ceiling_mount(
-        ctx.janitor, ctx.server, base / "mnt", cache, base / "ceiling.log", ctx.data.cpc_cluster
+    with minimal_mount(
+        ctx.janitor, ctx.server, base / "mnt", cache, base / "minimal.log", ctx.data.cpc_cluster
     ) as mount:
         dest = fresh_dir(base / "copy")
         cold(ctx.files(*blobs))
@@ -966,15 +1023,21 @@ def _ceiling_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
     return seconds, cpu
 
 
-def cp_r_ceiling(ctx: Context) -> Row:
-    """``cp_r`` against the ceiling of its stack on this machine: the same copy through the
-    smallest pyfuse3-on-trio mount that fetches whole files ahead (``bench/ceiling.py``),
-    with and without a disk cache, beside cupixfs and curl, same run. The order turns from
+def cp_r_minimal(ctx: Context) -> Row:
+    """``cp_r`` beside the same copy through the smallest pyfuse3-on-trio mount that fetches
+    whole files ahead (``bench/minimal_mount.py``), with and without a disk cache, and curl,
+    same run: what the fixed stack reaches here without cupixfs's guarantees. The order turns from
     one repeat to the next: on this VM a copy's time depends on what ran just before it."""
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
-    base = ctx.work / "cp_r_ceiling"
-    row = Row("cp_r_ceiling", "s", baseline_unit="s", baseline_label="curl", target="reported")
+    base = ctx.work / "cp_r_minimal"
+    row = Row(
+        "cp_r_minimal",
+        "s",
+        baseline_unit="s",
+        baseline_label="minimal mount, disk cache",
+        target="reported",
+    )
     runs: dict[str, list[float]] = {
         "curl": [],
         "cupixfs": [],
@@ -988,7 +1051,7 @@ def cp_r_ceiling(ctx: Context) -> Row:
         runs["curl"].append(_curl_cpcs(ctx, base / "curl", 0.0))
 
     def cupixfs() -> None:
-        with ctx.cupixfs("cp_r_ceiling") as mount:
+        with ctx.cupixfs("cp_r_minimal") as mount:
             dest = fresh_dir(base / "copy")
             cold(ctx.files(*blobs))
             source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
@@ -1004,36 +1067,38 @@ def cp_r_ceiling(ctx: Context) -> Row:
             runs["page cache"].append(seconds)
         _check_copy(dest, len(blobs), total)
 
-    def ceiling(name: str, disk: bool) -> Callable[[], None]:
+    def minimal(name: str, disk: bool) -> Callable[[], None]:
         def run() -> None:
-            seconds, used = _ceiling_cp(ctx, base / name, disk)
+            seconds, used = _minimal_cp(ctx, base / name, disk)
             runs[name].append(seconds)
             cpu[name].append(used)
 
         return run
 
-    order = [curl, cupixfs, ceiling("disk", True), ceiling("memory", False)]
+    order = [curl, cupixfs, minimal("disk", True), minimal("memory", False)]
     try:
         for i in range(ctx.repeat):
             for measure in order[i % len(order) :] + order[: i % len(order)]:
                 measure()
         ctx.say(", ".join(f"{k} {' '.join(f'{s:.2f}' for s in v)} s" for k, v in runs.items()))
         for name, values in runs.items():
-            ctx.samples[f"cp_r_ceiling_{name.replace(' ', '_')}_s"] = values
+            ctx.samples[f"cp_r_minimal_{name.replace(' ', '_')}_s"] = values
     finally:
         _cleanup(base)
     med = {name: ctx.median(values) for name, values in runs.items()}
-    row.value, row.baseline = med["disk"], med["curl"]
+    row.value, row.baseline = med["cupixfs"], med["disk"]
     row.ratio = _ratio(row.baseline, row.value)
     row.details = {"seconds": med, "cpu_s_per_gib": {k: ctx.median(v) for k, v in cpu.items()}}
+
+    def against_curl(name: str) -> str:
+        return f"{med[name]:.2f} s, {_ratio(med['curl'], med[name]) or 0:.2f} x curl"
+
     row.notes.append(
-        f"the same cp -r through bench/ceiling.py with a disk cache (the row's value),"
-        f" {med['disk']:.2f} s, {_ratio(med['curl'], med['disk']) or 0:.2f} x curl,"
-        f" {ctx.median(cpu['disk']):.2f} CPU s/GiB; without one {med['memory']:.2f} s,"
-        f" {_ratio(med['curl'], med['memory']) or 0:.2f} x curl,"
-        f" {ctx.median(cpu['memory']):.2f} CPU s/GiB; cupixfs in the same run"
-        f" {med['cupixfs']:.2f} s, {_ratio(med['curl'], med['cupixfs']) or 0:.2f} x curl,"
-        f" {ctx.median(cpu['cupixfs']):.2f} CPU s/GiB; cp -r again from the page cache"
+        f"ratio = the minimal mount's time ÷ cupixfs's; curl {med['curl']:.2f} s; cupixfs"
+        f" {against_curl('cupixfs')}, {ctx.median(cpu['cupixfs']):.2f} CPU s/GiB;"
+        f" bench/minimal_mount.py with a disk cache {against_curl('disk')},"
+        f" {ctx.median(cpu['disk']):.2f} CPU s/GiB, without one {against_curl('memory')},"
+        f" {ctx.median(cpu['memory']):.2f} CPU s/GiB; cp -r again from the page cache"
         f" (no read reaching a mount) {med['page cache']:.2f} s"
     )
     return row
@@ -1381,9 +1446,10 @@ FIGURES: dict[str, Callable[[Context], Row]] = {
     "las_read": las_read,
     "ls_l_120": ls_l_120,
     "rss_2g": rss_2g,
+    "cp_file": cp_file,
     "cp_r": cp_r,
     "cp_r_rtt": cp_r_rtt,
-    "cp_r_ceiling": cp_r_ceiling,
+    "cp_r_minimal": cp_r_minimal,
     "rsync_rtt": rsync_rtt,
     "scan_rtt": scan_rtt,
     "ls_clusters": ls_clusters,

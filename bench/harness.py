@@ -599,12 +599,12 @@ def cupixfs_mount(
     return _mounted(janitor, args, mountpoint, log, "cupixfs", {"CUPIX_API_TOKEN": server.token})
 
 
-#: The smallest mount of the same stack (``bench/ceiling.py``), the ceiling ``cp_r`` is
-#: measured against.
-CEILING = Path(__file__).resolve().parent / "ceiling.py"
+#: The smallest mount of the same stack (``bench/minimal_mount.py``), that ``cp_r_minimal``
+#: puts cupixfs beside.
+MINIMAL_MOUNT = Path(__file__).resolve().parent / "minimal_mount.py"
 
 
-def ceiling_mount(
+def minimal_mount(
     janitor: Janitor,
     server: Server,
     mountpoint: Path,
@@ -612,12 +612,14 @@ def ceiling_mount(
     log: Path,
     cluster: int,
 ) -> contextlib.AbstractContextManager[Mount]:
-    """``bench/ceiling.py`` showing *cluster*'s cpc files; a disk cache in *cache_dir*."""
-    args = [sys.executable, str(CEILING), str(mountpoint), "--api-url", server.api_url]
+    """``bench/minimal_mount.py`` showing *cluster*'s cpc files; a disk cache in *cache_dir*."""
+    args = [sys.executable, str(MINIMAL_MOUNT), str(mountpoint), "--api-url", server.api_url]
     args += ["--cluster", str(cluster)]
     if cache_dir is not None:
         args += ["--cache-dir", str(cache_dir)]
-    return _mounted(janitor, args, mountpoint, log, "ceiling", {"CUPIX_API_TOKEN": server.token})
+    return _mounted(
+        janitor, args, mountpoint, log, "the minimal mount", {"CUPIX_API_TOKEN": server.token}
+    )
 
 
 def rclone_mount(

@@ -1,6 +1,6 @@
-"""The smallest mount of the same stack, to measure the ceiling ``cp_r`` is held to.
+"""The smallest mount of the same stack: what a straightforward mount reaches on a copy.
 
-``python bench/ceiling.py MOUNTPOINT --api-url URL --cluster ID [--cache-dir DIR]``
+``python bench/minimal_mount.py MOUNTPOINT --api-url URL --cluster ID [--cache-dir DIR]``
 (token in ``CUPIX_API_TOKEN``) mounts one cluster's sub pointclouds as
 ``/<sub id>/<name>`` with pyfuse3 on trio, and nothing else. Opening a file starts
 fetching it and the next ``AHEAD`` ones whole, each in a worker thread: its download call,
@@ -12,7 +12,7 @@ writes it (same slot layout, CRC-32C, ``O_DIRECT``, no copy of the payload).
 What it leaves out is what cupixfs adds: versions pinned per handle, checks of every
 response, retries and resume, bounded memory, an index of the disk cache, pushes to the
 page cache, the rest of the tree. So its time is what this machine, this kernel and this
-stack allow for the copy; the bench's ``cp_r_ceiling`` row puts cupixfs beside it.
+stack allow for the copy; the bench's ``cp_r_minimal`` row puts cupixfs beside it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _is_cpc(attributes: dict[str, Any]) -> bool:
     return attributes.get("kind") == "sub" and attributes.get("filesize") is not None
 
 
-class Ceiling(pyfuse3.Operations):
+class Minimal(pyfuse3.Operations):
     """Directories ``ROOT + 1 + i``, files ``FILE_INODES + i``; everything read-only."""
 
     def __init__(self, api: urllib.parse.SplitResult, token: str, cache: Path | None) -> None:
@@ -200,8 +200,8 @@ async def _raise_readahead(mountpoint: Path) -> None:
         Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text("1024")
 
 
-async def serve(ops: Ceiling, mountpoint: Path) -> None:
-    pyfuse3.init(ops, str(mountpoint), {"fsname=ceiling", "ro"})
+async def serve(ops: Minimal, mountpoint: Path) -> None:
+    pyfuse3.init(ops, str(mountpoint), {"fsname=minimal", "ro"})
     try:
         async with trio.open_nursery() as nursery:
             ops.nursery = nursery
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--cluster", type=int, required=True)
     parser.add_argument("--cache-dir", type=Path)
     args = parser.parse_args()
-    ops = Ceiling(
+    ops = Minimal(
         urllib.parse.urlsplit(args.api_url), os.environ["CUPIX_API_TOKEN"], args.cache_dir
     )
     ops.list_cluster(args.cluster)
