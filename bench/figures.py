@@ -878,12 +878,9 @@ def cp_file(ctx: Context) -> Row:
             with ctx.cupixfs("cp_file") as mount:
                 dest = fresh_dir(base / "copy")
                 cold(ctx.files(blob))
-                before = cpu_seconds(mount.pid)
-                seconds, _ = timed(
-                    ["cp", str(mount.path / blob.mount_path), str(dest / "video")],
-                    read_timeout(blob.size),
-                )
-                cpu.append((cpu_seconds(mount.pid) - before) / (blob.size / GiB))
+                args = ["cp", str(mount.path / blob.mount_path), str(dest / "video")]
+                seconds, used, _ = _timed_copy(ctx, mount, args, blob.size)
+                cpu.append(used)
                 cp_s.append(seconds)
             _check_size(dest / "video", blob.size)
         ctx.say(f"cp {_secs(cp_s)}; curl -o {_secs(curl_s)}")
@@ -901,6 +898,17 @@ def cp_file(ctx: Context) -> Row:
     )
     _add_cpu_note(row, ctx, "cp_file_cpu_s_per_gib", "cp")
     return row
+
+
+def _timed_copy(ctx: Context, mount: Mount, args: list[str], size: int) -> tuple[float, float, int]:
+    """Run the copy *args* out of *mount* to completion: its seconds, the mount's CPU
+    seconds per GiB of *size*, and the requests the server received meanwhile."""
+    ctx.server.reset_stats()
+    before = cpu_seconds(mount.pid)
+    seconds, _ = timed(args, read_timeout(size))
+    cpu = (cpu_seconds(mount.pid) - before) / (size / GiB)
+    stats = ctx.server.stats()
+    return seconds, cpu, stats["api_requests"] + stats["blob_requests"]
 
 
 def _check_size(path: Path, size: int) -> None:
@@ -966,26 +974,20 @@ def _cp_r(ctx: Context, name: str, latency: float, tool: str = "cp") -> Row:
                 source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
                 if latency:
                     ctx.server.set_faults(latency_s=latency)
+                command = (
+                    ["cp", "-r", str(source), str(dest)]
+                    if tool == "cp"
+                    else ["rsync", "-a", f"{source}/", f"{dest}/"]
+                )
                 try:
-                    ctx.server.reset_stats()
-                    before = cpu_seconds(mount.pid)
-                    command = (
-                        ["cp", "-r", str(source), str(dest)]
-                        if tool == "cp"
-                        else ["rsync", "-a", f"{source}/", f"{dest}/"]
-                    )
-                    seconds, _ = timed(command, read_timeout(total))
-                    cpu.append((cpu_seconds(mount.pid) - before) / (total / GiB))
-                    stats = ctx.server.stats()
+                    seconds, used, sent = _timed_copy(ctx, mount, command, total)
                 finally:
                     ctx.server.reset_faults()
+                cpu.append(used)
                 cp_s.append(seconds)
-                requests.append(stats["api_requests"] + stats["blob_requests"])
+                requests.append(sent)
             _check_copy(dest, len(blobs), total)
-        ctx.say(
-            f"{tool} {', '.join(f'{s:.2f}' for s in cp_s)} s; curl"
-            f" {', '.join(f'{s:.2f}' for s in curl_s)} s"
-        )
+        ctx.say(f"{tool} {_secs(cp_s)}; curl {_secs(curl_s)}")
         ctx.samples[f"{name}_s"] = cp_s
         ctx.samples[f"{name}_curl_s"] = curl_s
         ctx.samples[f"{name}_cpu_s_per_gib"] = cpu
@@ -1005,9 +1007,9 @@ def _cp_r(ctx: Context, name: str, latency: float, tool: str = "cp") -> Row:
     return row
 
 
-def _minimal_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
-    """``cp -r`` of the 40-sub cluster through ``bench/minimal_mount.py`` (with a disk cache if
-    *disk*): seconds, and its CPU seconds per GiB."""
+def _minimal_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float, int]:
+    """``cp -r`` of the 40-sub cluster through ``bench/minimal_mount.py`` (with a disk cache
+    if *disk*), as `_timed_copy` measures it."""
     blobs = ctx.data.cpcs
     total = sum(b.size for b in blobs)
     cache = fresh_dir(base / "cache") if disk else None
@@ -1016,11 +1018,9 @@ def _minimal_cp(ctx: Context, base: Path, disk: bool) -> tuple[float, float]:
     ) as mount:
         dest = fresh_dir(base / "copy")
         cold(ctx.files(*blobs))
-        before = cpu_seconds(mount.pid)
-        seconds, _ = timed(["cp", "-r", str(mount.path), str(dest)], read_timeout(total))
-        cpu = (cpu_seconds(mount.pid) - before) / (total / GiB)
+        measured = _timed_copy(ctx, mount, ["cp", "-r", str(mount.path), str(dest)], total)
     _check_copy(dest, len(blobs), total)
-    return seconds, cpu
+    return measured
 
 
 def cp_r_minimal(ctx: Context) -> Row:
@@ -1046,6 +1046,7 @@ def cp_r_minimal(ctx: Context) -> Row:
         "memory": [],
     }
     cpu: dict[str, list[float]] = {"cupixfs": [], "disk": [], "memory": []}
+    requests: dict[str, list[int]] = {"cupixfs": [], "disk": [], "memory": []}
 
     def curl() -> None:
         runs["curl"].append(_curl_cpcs(ctx, base / "curl", 0.0))
@@ -1055,10 +1056,11 @@ def cp_r_minimal(ctx: Context) -> Row:
             dest = fresh_dir(base / "copy")
             cold(ctx.files(*blobs))
             source = mount.path / "clusters" / str(ctx.data.cpc_cluster)
-            before = cpu_seconds(mount.pid)
-            seconds, _ = timed(["cp", "-r", str(source), str(dest)], read_timeout(total))
-            cpu["cupixfs"].append((cpu_seconds(mount.pid) - before) / (total / GiB))
+            args = ["cp", "-r", str(source), str(dest)]
+            seconds, used, sent = _timed_copy(ctx, mount, args, total)
             runs["cupixfs"].append(seconds)
+            cpu["cupixfs"].append(used)
+            requests["cupixfs"].append(sent)
             _check_copy(dest, len(blobs), total)
             # Again, from the kernel's page cache (no read reaches the mount): what cp
             # itself costs here, into a folder made anew like every other copy's.
@@ -1069,9 +1071,10 @@ def cp_r_minimal(ctx: Context) -> Row:
 
     def minimal(name: str, disk: bool) -> Callable[[], None]:
         def run() -> None:
-            seconds, used = _minimal_cp(ctx, base / name, disk)
+            seconds, used, sent = _minimal_cp(ctx, base / name, disk)
             runs[name].append(seconds)
             cpu[name].append(used)
+            requests[name].append(sent)
 
         return run
 
@@ -1080,7 +1083,7 @@ def cp_r_minimal(ctx: Context) -> Row:
         for i in range(ctx.repeat):
             for measure in order[i % len(order) :] + order[: i % len(order)]:
                 measure()
-        ctx.say(", ".join(f"{k} {' '.join(f'{s:.2f}' for s in v)} s" for k, v in runs.items()))
+        ctx.say(", ".join(f"{k} {_secs(v)}" for k, v in runs.items()))
         for name, values in runs.items():
             ctx.samples[f"cp_r_minimal_{name.replace(' ', '_')}_s"] = values
     finally:
@@ -1088,10 +1091,17 @@ def cp_r_minimal(ctx: Context) -> Row:
     med = {name: ctx.median(values) for name, values in runs.items()}
     row.value, row.baseline = med["cupixfs"], med["disk"]
     row.ratio = _ratio(row.baseline, row.value)
-    row.details = {"seconds": med, "cpu_s_per_gib": {k: ctx.median(v) for k, v in cpu.items()}}
+    row.details = {
+        "seconds": med,
+        "cpu_s_per_gib": {k: ctx.median(v) for k, v in cpu.items()},
+        "requests": requests,
+    }
 
     def against_curl(name: str) -> str:
-        return f"{med[name]:.2f} s, {_ratio(med['curl'], med[name]) or 0:.2f} x curl"
+        return (
+            f"{med[name]:.2f} s, {_ratio(med['curl'], med[name]) or 0:.2f} x curl,"
+            f" {ctx.median(requests[name]):.0f} requests"
+        )
 
     row.notes.append(
         f"ratio = the minimal mount's time ÷ cupixfs's; curl {med['curl']:.2f} s; cupixfs"
@@ -1127,10 +1137,7 @@ def scan_rtt(ctx: Context) -> Row:
                     finally:
                         ctx.server.reset_faults()
                     samples[name].append(seconds)
-        ctx.say(
-            f"du -s {', '.join(f'{s:.2f}' for s in samples['on'])} s; without listing ahead"
-            f" {', '.join(f'{s:.2f}' for s in samples['off'])} s"
-        )
+        ctx.say(f"du -s {_secs(samples['on'])}; without listing ahead {_secs(samples['off'])}")
     finally:
         _cleanup(ctx.work / "scan_rtt")
     row.value = ctx.median(samples["on"])
@@ -1247,7 +1254,7 @@ def _listing_row(
         f"+20 ms per response, {SCALE_PER_PAGE} per page; {stats.get('api_requests')} API and"
         f" {stats.get('blob_requests')} blob requests; the mount's RSS grew by"
         f" {stats.get('rss_growth', 0) / MiB:.1f} MiB;"
-        f" samples {', '.join(f'{s:.2f}' for s in samples)} s"
+        f" samples {_secs(samples)}"
     )
     return row
 

@@ -35,7 +35,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cupixfs.data import block_file
-from cupixfs.mount.mountinfo import find
+from cupixfs.mount.lifecycle import raise_kernel_readahead
 
 #: Files fetched at each open: the opened one and the next ones in listing order.
 AHEAD = 2
@@ -191,13 +191,9 @@ class Minimal(pyfuse3.Operations):
         sub.blocks, sub.done = [], None
 
 
-async def _raise_readahead(mountpoint: Path) -> None:
-    """The kernel readahead cupixfs sets (`cupixfs.mount.lifecycle`), once the kernel has
-    answered a stat (its FUSE_INIT reply would reset an earlier setting)."""
+async def _after_init(mountpoint: Path) -> None:
     await trio.to_thread.run_sync(os.stat, mountpoint)
-    entry = find(mountpoint)
-    if entry is not None:
-        Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text("1024")
+    await trio.to_thread.run_sync(raise_kernel_readahead, mountpoint)
 
 
 async def serve(ops: Minimal, mountpoint: Path) -> None:
@@ -205,7 +201,9 @@ async def serve(ops: Minimal, mountpoint: Path) -> None:
     try:
         async with trio.open_nursery() as nursery:
             ops.nursery = nursery
-            nursery.start_soon(_raise_readahead, mountpoint)
+            # The readahead cupixfs sets, once the kernel has answered a stat (its
+            # FUSE_INIT reply would reset an earlier setting): cupixfs's own function.
+            nursery.start_soon(_after_init, mountpoint)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
